@@ -1,0 +1,1 @@
+"""Capture of every final task failure, replay and discard."""

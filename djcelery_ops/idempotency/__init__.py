@@ -1,0 +1,1 @@
+"""Execution-time idempotency: key claim and completion in the database."""

@@ -1,0 +1,3 @@
+"""Models of djcelery_ops; each concept lives in its part's package and is re-exported here."""
+
+from __future__ import annotations

@@ -1,0 +1,1 @@
+"""System checks, health, metrics and structured logs."""

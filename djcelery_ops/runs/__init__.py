@@ -1,0 +1,1 @@
+"""Job-run records, their batched writer and the query API."""

@@ -1,0 +1,1 @@
+"""Schedules as code synced into django-celery-beat, and the leader-locked scheduler."""

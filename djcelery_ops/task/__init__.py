@@ -1,0 +1,1 @@
+"""The OpsTask base class, its Request class and the retry policy."""
