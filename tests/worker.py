@@ -22,10 +22,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def purge_queue(queue: str) -> None:
-    with app.connection_for_write() as conn:
-        # A queue that does not exist yet has nothing to purge.
-        with contextlib.suppress(*conn.channel_errors):
-            conn.default_channel.queue_purge(queue)
+    # A queue that does not exist yet has nothing to purge.
+    with app.connection_for_write() as conn, contextlib.suppress(*conn.channel_errors):
+        conn.default_channel.queue_purge(queue)
 
 
 class WorkerProcess:
