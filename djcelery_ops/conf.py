@@ -17,6 +17,22 @@ PREFIX = "DJCELERY_OPS_"
 class OpsSettings:
     """Typed defaults; attribute access returns the project's value when it sets one."""
 
+    # Task defaults of OpsTask; a task's own option (decorator or class attribute) wins.
+    TASK_ACKS_LATE: bool = True
+    TASK_REJECT_ON_WORKER_LOST: bool = True
+    TASK_SOFT_TIME_LIMIT: float | None = 300
+    TASK_TIME_LIMIT: float | None = 330
+    TASK_MAX_RETRIES: int | None = 5
+    TASK_RETRY_BACKOFF: int = 2
+    TASK_RETRY_BACKOFF_MAX: int = 600
+    TASK_RETRY_JITTER: bool = True
+
+    # Dead letters.
+    DEAD_LETTER_MAX_DELIVERIES: int = 5
+    DEAD_LETTER_MAX_PAYLOAD_BYTES: int = 64 * 1024
+    DEAD_LETTER_SPOOL_DIR: str | None = None
+    DEAD_LETTER_CAPTURE_ALL_TASKS: bool = True
+
     def __getattribute__(self, name: str) -> Any:
         default = object.__getattribute__(self, name)
         if not name.isupper():

@@ -88,3 +88,18 @@ if CELERY_BROKER_URL.startswith("filesystem"):
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("DJCELERY_OPS_TEST_QUEUE", "djops-tests")
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+DJCELERY_OPS_DEAD_LETTER_SPOOL_DIR = os.environ.get(
+    "DJCELERY_OPS_DEAD_LETTER_SPOOL_DIR", str(VAR_DIR / "spool")
+)
+DJCELERY_OPS_DEAD_LETTER_MAX_DELIVERIES = int(
+    os.environ.get("DJCELERY_OPS_DEAD_LETTER_MAX_DELIVERIES", "5")
+)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "djcelery_ops.ops.logs.JsonFormatter"}},
+    "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json"}},
+    "loggers": {"djcelery_ops": {"handlers": ["json"], "level": "INFO", "propagate": False}},
+}

@@ -1,1 +1,3 @@
 """ModelAdmins of djcelery_ops; actions call service functions and hold no logic."""
+
+from djcelery_ops.deadletter import admin as _deadletter_admin  # noqa: F401

@@ -1,0 +1,127 @@
+"""Dead letters: the final failures of tasks, kept for operators to inspect and replay."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from django.db import models
+from django.db.models import Count, Max, Min, Sum
+from django.utils.translation import gettext_lazy as _
+
+
+class DeadLetterQuerySet(models.QuerySet["DeadLetter"]):
+    def pending(self) -> DeadLetterQuerySet:
+        return self.filter(status=DeadLetter.Status.PENDING)
+
+    def for_task(self, name: str) -> DeadLetterQuerySet:
+        return self.filter(task_name=name)
+
+    def since(self, moment: datetime.datetime) -> DeadLetterQuerySet:
+        return self.filter(last_failed_at__gte=moment)
+
+    def by_fingerprint(self) -> models.QuerySet[Any, Any]:
+        """One row per failure group: how many letters, failures, first and last seen."""
+        return (
+            self.order_by()
+            .values("fingerprint", "task_name", "exception_class")
+            .annotate(
+                letters=Count("id"),
+                failures=Sum("occurrences"),
+                first_seen=Min("first_failed_at"),
+                last_seen=Max("last_failed_at"),
+            )
+            .order_by("-last_seen")
+        )
+
+
+class DeadLetter(models.Model):
+    """One task id that failed for good; redeliveries of the same id update this row."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("pending")
+        REPLAYED = "replayed", _("replayed")
+        RESOLVED = "resolved", _("resolved")
+        DISCARDED = "discarded", _("discarded")
+
+    class Reason(models.TextChoices):
+        EXCEPTION = "exception", _("exception")
+        PERMANENT_ERROR = "permanent_error", _("permanent error")
+        RETRIES_EXHAUSTED = "retries_exhausted", _("retries exhausted")
+        SOFT_TIME_LIMIT = "soft_time_limit", _("soft time limit")
+        HARD_TIME_LIMIT = "hard_time_limit", _("hard time limit")
+        WORKER_LOST = "worker_lost", _("worker lost")
+        UNREGISTERED = "unregistered", _("unregistered task")
+        REJECTED_MESSAGE = "rejected_message", _("rejected message")
+        REJECTED_BY_TASK = "rejected_by_task", _("rejected by the task")
+        TOO_MANY_DELIVERIES = "too_many_deliveries", _("too many deliveries")
+
+    task_id = models.CharField(_("task id"), max_length=255, unique=True)
+    task_name = models.CharField(_("task name"), max_length=255)
+    args = models.JSONField(_("args"), default=list)
+    kwargs = models.JSONField(_("kwargs"), default=dict)
+    payload_truncated = models.BooleanField(
+        _("payload truncated"),
+        default=False,
+        help_text=_("Args and kwargs were over the size cap; only a preview is stored."),
+    )
+    options = models.JSONField(
+        _("publish options"),
+        default=dict,
+        help_text=_("Queue, exchange, routing key, priority, headers, ids: what a replay uses."),
+    )
+    queue = models.CharField(_("queue"), max_length=255, blank=True)
+    periodic_task_name = models.CharField(_("periodic task"), max_length=255, blank=True)
+    root_id = models.CharField(_("root id"), max_length=255, blank=True)
+    parent_id = models.CharField(_("parent id"), max_length=255, blank=True)
+    exception_class = models.CharField(_("exception class"), max_length=255, blank=True)
+    exception_message = models.TextField(_("exception message"), blank=True)
+    traceback = models.TextField(_("traceback"), blank=True)
+    retries = models.PositiveIntegerField(_("retries done"), default=0)
+    worker_hostname = models.CharField(_("worker"), max_length=255, blank=True)
+    reason = models.CharField(_("reason"), max_length=32, choices=Reason.choices)
+    fingerprint = models.CharField(_("fingerprint"), max_length=64)
+    first_failed_at = models.DateTimeField(_("first failed at"))
+    last_failed_at = models.DateTimeField(_("last failed at"))
+    occurrences = models.PositiveIntegerField(_("occurrences"), default=1)
+    status = models.CharField(
+        _("status"), max_length=16, choices=Status.choices, default=Status.PENDING
+    )
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    objects = DeadLetterQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("dead letter")
+        verbose_name_plural = _("dead letters")
+        ordering = ["-last_failed_at"]
+        permissions = [
+            ("replay_deadletter", _("Can replay dead letters")),
+            ("discard_deadletter", _("Can discard dead letters")),
+        ]
+        indexes = [
+            models.Index(fields=["status", "-last_failed_at"], name="djops_dl_status_last"),
+            models.Index(fields=["task_name", "-last_failed_at"], name="djops_dl_task_last"),
+            models.Index(fields=["fingerprint"], name="djops_dl_fingerprint"),
+            models.Index(fields=["reason"], name="djops_dl_reason"),
+            models.Index(fields=["exception_class"], name="djops_dl_exc"),
+            models.Index(fields=["queue"], name="djops_dl_queue"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_name}[{self.task_id}] {self.get_reason_display()}"
+
+
+class DeliveryCount(models.Model):
+    """How many times a message's worker child died under it (Redis keeps no such count)."""
+
+    task_id = models.CharField(max_length=255, unique=True)
+    deliveries = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = _("delivery count")
+        verbose_name_plural = _("delivery counts")
+
+    def __str__(self) -> str:
+        return f"{self.task_id}: {self.deliveries}"

@@ -1,0 +1,236 @@
+"""``FailureRecord``: what is known of a final failure, built where the failure is seen.
+
+A record is plain JSON-ready data, so it can be written to the database or, when the
+database is unreachable, to the spool and ingested later unchanged.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import json
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.utils import timezone
+
+QUEUE_HEADER = "djcelery_ops_queue"
+
+# Keys of a Celery request that are protocol or worker state, not headers a publisher set.
+CELERY_REQUEST_KEYS = frozenset(
+    (
+        "lang",
+        "task",
+        "id",
+        "shadow",
+        "eta",
+        "expires",
+        "group",
+        "group_index",
+        "retries",
+        "timelimit",
+        "root_id",
+        "parent_id",
+        "argsrepr",
+        "kwargsrepr",
+        "origin",
+        "ignore_result",
+        "replaced_task_nesting",
+        "stamped_headers",
+        "stamps",
+        "delivery_info",
+        "reply_to",
+        "correlation_id",
+        "hostname",
+        "args",
+        "kwargs",
+        "is_eager",
+        "callbacks",
+        "errbacks",
+        "chain",
+        "chord",
+        "called_directly",
+        "properties",
+        "loglevel",
+        "logfile",
+        "utc",
+        "headers",
+        "taskset",
+        "task_name",
+        "content_type",
+        "content_encoding",
+        "priority",
+        "compression",
+        "embed",
+        "_protected",
+        "time_limit",
+        "soft_time_limit",
+        # set by djcelery_ops itself during execution
+        "djcelery_ops_queue",
+        "djcelery_ops_started",
+        "djcelery_ops_retries_exhausted",
+    )
+)
+
+
+class _LenientEncoder(DjangoJSONEncoder):
+    """Dates, decimals and UUIDs as Django encodes them; anything else as its repr."""
+
+    def default(self, o: Any) -> Any:
+        try:
+            return super().default(o)
+        except TypeError:
+            return {"__repr__": repr(o)}
+
+
+def jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, cls=_LenientEncoder))
+
+
+@dataclasses.dataclass
+class FailureRecord:
+    task_id: str
+    task_name: str
+    reason: str
+    args: Any = dataclasses.field(default_factory=list)
+    kwargs: Any = dataclasses.field(default_factory=dict)
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    queue: str = ""
+    periodic_task_name: str = ""
+    root_id: str = ""
+    parent_id: str = ""
+    exception_class: str = ""
+    exception_message: str = ""
+    traceback: str = ""
+    retries: int = 0
+    worker_hostname: str = ""
+    failed_at: str = dataclasses.field(default_factory=lambda: timezone.now().isoformat())
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), cls=_LenientEncoder)
+
+    @classmethod
+    def from_json(cls, text: str) -> FailureRecord:
+        data = json.loads(text)
+        names = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in names})
+
+    @property
+    def failed_at_datetime(self) -> datetime.datetime:
+        return datetime.datetime.fromisoformat(self.failed_at)
+
+
+def describe_exception(exc: BaseException | None) -> tuple[str, str]:
+    if exc is None:
+        return "", ""
+    cls = type(exc)
+    return f"{cls.__module__}.{cls.__qualname__}", str(exc)
+
+
+def custom_headers(request: Mapping[str, Any]) -> dict[str, Any]:
+    """Headers the publisher added (tracing ids, tenant tags), which a replay must keep."""
+    merged = dict(request)
+    nested = request.get("headers")
+    if isinstance(nested, Mapping):
+        merged.update(nested)
+    headers = {k: v for k, v in merged.items() if k not in CELERY_REQUEST_KEYS}
+    return {k: v for k, v in jsonable(headers).items() if not str(k).startswith("_")}
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def record_from_request(
+    request: Mapping[str, Any],
+    *,
+    task_name: str,
+    reason: str,
+    exc: BaseException | None,
+    traceback: str,
+    args: Any = None,
+    kwargs: Any = None,
+) -> FailureRecord:
+    """Build a record from a Celery request dict (a Context's ``__dict__`` or a Request's)."""
+    delivery = request.get("delivery_info") or {}
+    queue = request.get(QUEUE_HEADER) or delivery.get("routing_key") or ""
+    exception_class, message = describe_exception(exc)
+    timelimit = request.get("timelimit") or (None, None)
+    options = {
+        "queue": queue,
+        "exchange": delivery.get("exchange"),
+        "routing_key": delivery.get("routing_key"),
+        "priority": delivery.get("priority"),
+        "headers": custom_headers(request),
+        "root_id": request.get("root_id"),
+        "parent_id": request.get("parent_id"),
+        "group_id": request.get("group"),
+        "shadow": request.get("shadow"),
+        "time_limit": timelimit[0],
+        "soft_time_limit": timelimit[1],
+        "ignore_result": request.get("ignore_result"),
+        "eta": request.get("eta"),
+        "expires": request.get("expires"),
+    }
+    return FailureRecord(
+        task_id=_text(request.get("id")),
+        task_name=task_name,
+        reason=reason,
+        args=jsonable(request.get("args", []) if args is None else args),
+        kwargs=jsonable(request.get("kwargs", {}) if kwargs is None else kwargs),
+        options=jsonable(options),
+        queue=_text(queue),
+        periodic_task_name=_text(request.get("periodic_task_name")),
+        root_id=_text(request.get("root_id")),
+        parent_id=_text(request.get("parent_id")),
+        exception_class=exception_class,
+        exception_message=message,
+        traceback=traceback or "",
+        retries=int(request.get("retries") or 0),
+        worker_hostname=_text(request.get("hostname")),
+    )
+
+
+def record_from_message(
+    message: Any,
+    *,
+    reason: str,
+    exc: BaseException | None,
+    accept: Collection[str],
+    hostname: str = "",
+) -> FailureRecord:
+    """Build a record from a kombu message that never reached a task.
+
+    The body is decoded only when its content type is accepted: a disallowed type
+    (pickle sent to a JSON worker) is kept as raw bytes, never deserialized.
+    """
+    headers = dict(message.headers or {})
+    args: Any = []
+    kwargs: Any = {}
+    options: dict[str, Any] = {"content_type": message.content_type}
+    if message.content_type in accept:
+        try:
+            body = message.decode()
+            if isinstance(body, list | tuple) and len(body) == 3:
+                args, kwargs = body[0], body[1]
+        except Exception as decode_error:  # a broken body is itself what we record
+            options["decode_error"] = repr(decode_error)
+    if not args and not kwargs:
+        raw = message.body if isinstance(message.body, bytes) else str(message.body).encode()
+        options["raw_body"] = base64.b64encode(raw).decode("ascii")
+        options["content_encoding"] = message.content_encoding
+    record = record_from_request(
+        {**headers, "delivery_info": message.delivery_info or {}, "hostname": hostname},
+        task_name=_text(headers.get("task")) or "(unknown)",
+        reason=reason,
+        exc=exc,
+        traceback="",
+        args=args,
+        kwargs=kwargs,
+    )
+    record.options.update(jsonable(options))
+    if not record.task_id:
+        record.task_id = _text(message.properties.get("correlation_id")) or "(no id)"
+    return record

@@ -1,0 +1,96 @@
+"""Writing failure records as ``DeadLetter`` rows: grouping fingerprint, size cap, upsert."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+
+from djcelery_ops.conf import ops_settings
+from djcelery_ops.deadletter.models import DeadLetter
+from djcelery_ops.deadletter.record import FailureRecord
+
+_VOLATILE = [
+    (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I), "<uuid>"),
+    (re.compile(r"0x[0-9a-f]+", re.I), "<hex>"),
+    (re.compile(r"'[^']*'|\"[^\"]*\""), "<str>"),
+    (re.compile(r"\d+(\.\d+)?"), "<n>"),
+]
+_FRAME = re.compile(r'File "([^"]+)", line \d+, in (\S+)')
+
+
+def normalise_message(message: str) -> str:
+    """The message with ids, numbers and quoted values replaced, for grouping."""
+    for pattern, placeholder in _VOLATILE:
+        message = pattern.sub(placeholder, message)
+    return message[:500]
+
+
+def top_frame(traceback: str) -> str:
+    """``file:function`` of the innermost frame (line numbers move with every deploy)."""
+    frames = _FRAME.findall(traceback or "")
+    return f"{frames[-1][0]}:{frames[-1][1]}" if frames else ""
+
+
+def fingerprint(record: FailureRecord) -> str:
+    parts = [
+        record.task_name,
+        record.exception_class or record.reason,
+        normalise_message(record.exception_message),
+        top_frame(record.traceback),
+    ]
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:40]
+
+
+def capped_payload(args: Any, kwargs: Any) -> tuple[Any, Any, bool]:
+    """Args and kwargs, or a marked preview of them when over the size cap."""
+    text = json.dumps([args, kwargs])
+    limit = ops_settings.DEAD_LETTER_MAX_PAYLOAD_BYTES
+    if len(text.encode()) <= limit:
+        return args, kwargs, False
+    marker = {"__truncated__": True, "size_bytes": len(text.encode()), "preview": text[:1024]}
+    return [marker], {}, True
+
+
+def store_record(record: FailureRecord) -> DeadLetter:
+    """Insert the dead letter, or count one more occurrence of the same task id."""
+    args, kwargs, truncated = capped_payload(record.args, record.kwargs)
+    failed_at = record.failed_at_datetime
+    latest = {
+        "reason": record.reason,
+        "exception_class": record.exception_class[:255],
+        "exception_message": record.exception_message,
+        "traceback": record.traceback,
+        "retries": record.retries,
+        "worker_hostname": record.worker_hostname[:255],
+        "fingerprint": fingerprint(record),
+        "last_failed_at": failed_at,
+    }
+    for _attempt in range(2):
+        with transaction.atomic():
+            rows = DeadLetter.objects.filter(task_id=record.task_id)
+            if rows.update(occurrences=F("occurrences") + 1, **latest):
+                return rows.get()
+            try:
+                with transaction.atomic():
+                    return DeadLetter.objects.create(
+                        task_id=record.task_id[:255],
+                        task_name=record.task_name[:255],
+                        args=args,
+                        kwargs=kwargs,
+                        payload_truncated=truncated,
+                        options=record.options,
+                        queue=record.queue[:255],
+                        periodic_task_name=record.periodic_task_name[:255],
+                        root_id=record.root_id[:255],
+                        parent_id=record.parent_id[:255],
+                        first_failed_at=failed_at,
+                        **latest,
+                    )
+            except IntegrityError:
+                continue  # another process inserted it first: count ours as an occurrence
+    raise RuntimeError(f"could not store dead letter for task {record.task_id}")

@@ -1,0 +1,144 @@
+"""``OpsTask``: a Celery task base class with safe defaults and dead-letter capture."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from celery import Task, shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.utils.log import get_task_logger
+
+from djcelery_ops.conf import ops_settings
+from djcelery_ops.exceptions import PermanentError, TransientError
+from djcelery_ops.ops.logs import log_event
+
+task_logger = get_task_logger(__name__)
+
+
+def _from_setting(name: str) -> Any:
+    """A default read from ``DJCELERY_OPS_<name>`` at each access.
+
+    A task that sets the option itself (``@ops_task(acks_late=False)`` or a class
+    attribute) shadows this property in its own class.
+    """
+    return property(lambda task: getattr(ops_settings, name))
+
+
+class OpsTask(Task):  # type: ignore[type-arg]
+    """Base class: late acks, time limits, classified retries, every final failure kept.
+
+    - ``retry_for``: exceptions retried with exponential backoff, jitter and a cap
+      (default: ``TransientError``, ``ConnectionError``, ``TimeoutError``).
+    - ``dead_letter_for``: exceptions dead-lettered at once, never retried
+      (default: ``PermanentError``).
+    - Anything else fails without retry and is dead-lettered with reason ``exception``:
+      retrying an unknown error may repeat a side effect.
+    """
+
+    Request = "djcelery_ops.task.request:OpsRequest"
+
+    acks_late = _from_setting("TASK_ACKS_LATE")
+    reject_on_worker_lost = _from_setting("TASK_REJECT_ON_WORKER_LOST")
+    soft_time_limit = _from_setting("TASK_SOFT_TIME_LIMIT")
+    time_limit = _from_setting("TASK_TIME_LIMIT")
+    max_retries = _from_setting("TASK_MAX_RETRIES")
+    retry_backoff = _from_setting("TASK_RETRY_BACKOFF")
+    retry_backoff_max = _from_setting("TASK_RETRY_BACKOFF_MAX")
+    retry_jitter = _from_setting("TASK_RETRY_JITTER")
+    # A failure or a hard time limit is final: ack it, dead-letter it, do not loop.
+    acks_on_failure = True
+    acks_on_timeout = True
+    retry_on_worker_lost = False
+
+    retry_for: tuple[type[BaseException], ...] = (TransientError, ConnectionError, TimeoutError)
+    dead_letter_for: tuple[type[BaseException], ...] = (PermanentError,)
+
+    # Celery's own autoretry wrapper (celery.app.autoretry) reads these when the task is
+    # registered; they follow retry_for / dead_letter_for.
+    @property
+    def autoretry_for(self) -> tuple[type[BaseException], ...]:
+        return self.retry_for
+
+    @property
+    def dont_autoretry_for(self) -> tuple[type[BaseException], ...]:
+        return self.dead_letter_for
+
+    def retry(self, *args: Any, **kwargs: Any) -> Any:
+        max_retries = kwargs.get("max_retries", self.max_retries)
+        if max_retries is not None and self.request.retries >= max_retries:
+            # Celery re-raises the original exception: remember why it is final.
+            self.request.djcelery_ops_retries_exhausted = True  # type: ignore[attr-defined]
+        return super().retry(*args, **kwargs)
+
+    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        self.request.djcelery_ops_started = time.monotonic()  # type: ignore[attr-defined]
+        log_event("task.started", level=logging.DEBUG, **self._log_fields(task_id))
+
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        log_event("task.succeeded", **self._log_fields(task_id))
+
+    def on_retry(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        fields = self._log_fields(task_id, exception_class=type(exc).__name__)
+        log_event("task.retry", level=logging.WARNING, **fields)
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        if self.request.id != task_id:
+            # Celery calls this from the worker's main process for a hard time limit, with
+            # an empty request; OpsRequest records that failure with the full request.
+            return
+        from djcelery_ops.deadletter.capture import capture_failure
+        from djcelery_ops.deadletter.record import record_from_request
+
+        fields = self._log_fields(task_id, exception_class=type(exc).__name__)
+        log_event("task.failed", level=logging.ERROR, **fields)
+        record = record_from_request(
+            vars(self.request),
+            task_name=self.name,
+            reason=self.failure_reason(exc),
+            exc=exc,
+            traceback=getattr(einfo, "traceback", "") or "",
+            args=args,
+            kwargs=kwargs,
+        )
+        capture_failure(record)
+
+    def failure_reason(self, exc: BaseException) -> str:
+        """Why this failure is final, as a ``DeadLetter.Reason`` value."""
+        from djcelery_ops.deadletter.models import DeadLetter
+
+        if getattr(self.request, "djcelery_ops_retries_exhausted", False):
+            return DeadLetter.Reason.RETRIES_EXHAUSTED
+        if isinstance(exc, self.dead_letter_for):
+            return DeadLetter.Reason.PERMANENT_ERROR
+        if isinstance(exc, SoftTimeLimitExceeded):
+            return DeadLetter.Reason.SOFT_TIME_LIMIT
+        return DeadLetter.Reason.EXCEPTION
+
+    def _log_fields(self, task_id: str, **extra: Any) -> dict[str, Any]:
+        request = self.request
+        started = getattr(request, "djcelery_ops_started", None)
+        delivery = request.delivery_info or {}
+        return {
+            "task_id": task_id,
+            "task_name": self.name,
+            "retries": request.retries,
+            "queue": getattr(request, "djcelery_ops_queue", None) or delivery.get("routing_key"),
+            "duration": None if started is None else round(time.monotonic() - started, 6),
+            **extra,
+        }
+
+
+def ops_task(*args: Any, **options: Any) -> Any:
+    """Like ``shared_task``, with ``base=OpsTask``: ``@ops_task`` or ``@ops_task(...)``."""
+    options.setdefault("base", OpsTask)
+    if len(args) == 1 and callable(args[0]) and not options.keys() - {"base"}:
+        return shared_task(**options)(args[0])
+    decorate: Callable[..., Any] = shared_task(*args, **options)
+    return decorate
