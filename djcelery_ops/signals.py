@@ -84,7 +84,7 @@ def _capture_message(sender: Any, message: Any, exc: Any, reason: str) -> None:
         message,
         reason=reason,
         exc=exc,
-        accept=prepare_accept_content(app.conf.accept_content or ()),
+        accept=prepare_accept_content(app.conf.accept_content or ()) or set(),
         hostname=getattr(sender, "hostname", "") or "",
     )
     capture_failure(record)

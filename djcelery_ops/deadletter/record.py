@@ -13,6 +13,7 @@ import json
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from celery.exceptions import Reject
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
 
@@ -126,7 +127,9 @@ def describe_exception(exc: BaseException | None) -> tuple[str, str]:
     if exc is None:
         return "", ""
     cls = type(exc)
-    return f"{cls.__module__}.{cls.__qualname__}", str(exc)
+    # Celery's Reject keeps its message in .reason; str() would show the args tuple.
+    message = getattr(exc, "reason", exc) if isinstance(exc, Reject) else exc
+    return f"{cls.__module__}.{cls.__qualname__}", str(message)
 
 
 def custom_headers(request: Mapping[str, Any]) -> dict[str, Any]:
