@@ -74,9 +74,9 @@ def capture_plain_task_failure(
 
 
 def _capture_message(sender: Any, message: Any, exc: Any, reason: str) -> None:
-    from djcelery_ops.deadletter.capture import capture_failure
     from kombu.serialization import prepare_accept_content
 
+    from djcelery_ops.deadletter.capture import capture_failure
     from djcelery_ops.deadletter.record import record_from_message
 
     app = sender.app
