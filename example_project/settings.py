@@ -99,7 +99,7 @@ CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TASK_TRACK_STARTED = True
 
-EXAMPLE_WEBHOOK_URL = os.environ.get("EXAMPLE_WEBHOOK_URL", "")
+DJCELERY_OPS_DEAD_LETTER_SPOOL_DIR = str(VAR_DIR / "spool")
 
 LOGGING = {
     "version": 1,

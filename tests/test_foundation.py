@@ -52,3 +52,52 @@ def test_worker__real_prefork_worker_runs_a_task_end_to_end(worker):
     effect = wait_until(lambda: Effect.objects.filter(key="hello").first(), what="the effect")
     assert effect.task_id == result.id
     assert effect.worker_pid in worker.child_pids()
+
+
+def test_checks__spool_dir_unset_is_a_warning(settings):
+    from djcelery_ops.ops.checks import check_spool_dir
+
+    settings.DJCELERY_OPS_DEAD_LETTER_SPOOL_DIR = None
+    assert [w.id for w in check_spool_dir()] == ["djcelery_ops.W001"]
+    settings.DJCELERY_OPS_DEAD_LETTER_SPOOL_DIR = "/var/spool/djops"
+    assert check_spool_dir() == []
+
+
+def test_checks__time_limit_at_or_over_redis_visibility_timeout_is_a_warning(settings):
+    from djcelery_ops.ops.checks import check_time_limit_below_visibility_timeout as check
+    from tests.celery_app import app
+
+    saved = (app.conf.broker_url, app.conf.broker_transport_options)
+    try:
+        app.conf.broker_url = "redis://127.0.0.1:6379/0"
+        app.conf.broker_transport_options = {"visibility_timeout": 60}
+        settings.DJCELERY_OPS_TASK_TIME_LIMIT = 60
+        assert [w.id for w in check()] == ["djcelery_ops.W002"]
+        settings.DJCELERY_OPS_TASK_TIME_LIMIT = 59
+        assert check() == []
+        app.conf.broker_url = "amqp://guest@127.0.0.1//"
+        settings.DJCELERY_OPS_TASK_TIME_LIMIT = 7200
+        assert check() == []
+    finally:
+        app.conf.broker_url, app.conf.broker_transport_options = saved
+
+
+def test_ingest_command__dry_run_counts_then_ingests(settings, tmp_path, db):
+    import json
+
+    from djcelery_ops.deadletter.spool import write_to_spool
+    from djcelery_ops.models import DeadLetter
+    from tests.factories import failure_record
+
+    settings.DJCELERY_OPS_DEAD_LETTER_SPOOL_DIR = str(tmp_path)
+    write_to_spool(failure_record(task_id="spooled-1"))
+    out = io.StringIO()
+    call_command("ingest_dead_letter_spool", "--dry-run", stdout=out)
+    assert out.getvalue() == f"Would ingest 1 spooled dead letters from {tmp_path}.\n"
+    assert not DeadLetter.objects.exists()
+    (tmp_path / "0-bad.json").write_text(json.dumps({"no": "fields"}))
+    out, err = io.StringIO(), io.StringIO()
+    call_command("ingest_dead_letter_spool", stdout=out, stderr=err)
+    assert out.getvalue() == f"Ingested 1 spooled dead letters; 1 left in {tmp_path}.\n"
+    assert "could not be read" in err.getvalue()
+    assert DeadLetter.objects.get().task_id == "spooled-1"

@@ -1,20 +1,26 @@
 """Example tasks, shaped like the ones real projects run."""
 
 import datetime
+import decimal
 import json
+import urllib.error
 import urllib.request
 
-from celery import shared_task
 from django.db import transaction
 from django.db.models import Count, Sum
 from django.utils import timezone
 
+from djcelery_ops import PermanentError, ops_task
+
 from .models import DailyReport, Payment, ProviderCharge, WebhookDelivery
 
 
-@shared_task
+@ops_task(retry_for=(urllib.error.URLError, ConnectionError, TimeoutError), max_retries=3)
 def send_webhook(delivery_id: int) -> int:
-    """POST an event to a customer's endpoint; network errors are worth a retry."""
+    """POST an event to a customer's endpoint; network errors are worth a retry.
+
+    After the last retry the delivery becomes a dead letter (reason: retries exhausted).
+    """
     delivery = WebhookDelivery.objects.get(pk=delivery_id)
     delivery.attempts += 1
     request = urllib.request.Request(
@@ -23,8 +29,14 @@ def send_webhook(delivery_id: int) -> int:
         headers={"Content-Type": "application/json"},
         method="POST",
     )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        delivery.last_status = response.status
+    delivery.save(update_fields=["attempts"])
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            delivery.last_status = response.status
+    except urllib.error.HTTPError as error:
+        if 400 <= error.code < 500:
+            raise PermanentError(f"endpoint refused the event: HTTP {error.code}") from error
+        raise
     delivery.delivered_at = timezone.now()
     delivery.save(update_fields=["attempts", "last_status", "delivered_at"])
     return delivery.last_status
@@ -38,7 +50,7 @@ def provider_charge(idempotency_key: str, amount_cents: int) -> str:
     return f"ch_{charge.pk}"
 
 
-@shared_task
+@ops_task
 def charge_payment(payment_id: int) -> str:
     """Charge a payment, passing a key derived from the payment to the provider."""
     with transaction.atomic():
@@ -52,7 +64,7 @@ def charge_payment(payment_id: int) -> str:
     return charge_id
 
 
-@shared_task
+@ops_task
 def nightly_report(day: str | None = None) -> dict[str, int]:
     """Aggregate yesterday's charged payments into a DailyReport (rerunnable)."""
     report_day = (
@@ -66,3 +78,13 @@ def nightly_report(day: str | None = None) -> dict[str, int]:
         defaults={"payments": totals["count"], "total_cents": totals["total"] or 0},
     )
     return {"payments": totals["count"], "total_cents": totals["total"] or 0}
+
+
+@ops_task
+def import_catalog_row(row: dict[str, str]) -> str:
+    """Import one row of a supplier's price list; a malformed row can never succeed."""
+    try:
+        price = decimal.Decimal(row["price"])
+    except (KeyError, decimal.InvalidOperation) as error:
+        raise PermanentError(f"row {row.get('sku', '?')}: price is not a number") from error
+    return f"{row['sku']}: {price}"

@@ -6,8 +6,8 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
-from example_project.shop.models import Payment
-from example_project.shop.tasks import charge_payment
+from example_project.shop.models import Payment, WebhookDelivery
+from example_project.shop.tasks import charge_payment, import_catalog_row, send_webhook
 
 
 class Command(BaseCommand):
@@ -30,4 +30,11 @@ class Command(BaseCommand):
             for customer, amount in [("ada", 1200), ("grace", 4500), ("linus", 999)]:
                 payment = Payment.objects.create(customer=customer, amount_cents=amount)
                 charge_payment.delay(payment.pk)
+            # Two tasks that fail for good, so the dead-letter admin has something to show:
+            # a malformed row (at once) and a webhook to a closed port (after 3 retries).
+            import_catalog_row.delay({"sku": "TEA-1", "price": "twelve"})
+            delivery = WebhookDelivery.objects.create(
+                url="http://127.0.0.1:9/hooks", event="payment.charged", payload={"id": 1}
+            )
+            send_webhook.delay(delivery.pk)
         self.stdout.write(f"Admin user: admin  password: {password}")
