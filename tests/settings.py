@@ -84,6 +84,7 @@ if CELERY_BROKER_URL.startswith("filesystem"):
         "processed_folder": str(BROKER_DIR / "processed"),
         "store_processed": False,
         "control_folder": str(BROKER_DIR / "control"),
+        "polling_interval": 0.1,
     }
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("DJCELERY_OPS_TEST_QUEUE", "djops-tests")
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False

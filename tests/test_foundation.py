@@ -63,23 +63,26 @@ def test_checks__spool_dir_unset_is_a_warning(settings):
     assert check_spool_dir() == []
 
 
-def test_checks__time_limit_at_or_over_redis_visibility_timeout_is_a_warning(settings):
+def test_checks__time_limit_at_or_over_redis_visibility_timeout_is_a_warning(
+    settings, monkeypatch
+):
     from djcelery_ops.ops.checks import check_time_limit_below_visibility_timeout as check
     from tests.celery_app import app
 
-    saved = (app.conf.broker_url, app.conf.broker_transport_options)
+    # Celery reads CELERY_BROKER_URL from the environment before its configuration.
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+    saved = app.conf.broker_transport_options
     try:
-        app.conf.broker_url = "redis://127.0.0.1:6379/0"
         app.conf.broker_transport_options = {"visibility_timeout": 60}
         settings.DJCELERY_OPS_TASK_TIME_LIMIT = 60
         assert [w.id for w in check()] == ["djcelery_ops.W002"]
         settings.DJCELERY_OPS_TASK_TIME_LIMIT = 59
         assert check() == []
-        app.conf.broker_url = "amqp://guest@127.0.0.1//"
+        monkeypatch.setenv("CELERY_BROKER_URL", "amqp://guest@127.0.0.1//")
         settings.DJCELERY_OPS_TASK_TIME_LIMIT = 7200
         assert check() == []
     finally:
-        app.conf.broker_url, app.conf.broker_transport_options = saved
+        app.conf.broker_transport_options = saved
 
 
 def test_ingest_command__dry_run_counts_then_ingests(settings, tmp_path, db):
