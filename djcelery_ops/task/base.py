@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 from celery import Task, shared_task
@@ -138,7 +137,4 @@ class OpsTask(Task):  # type: ignore[type-arg]
 def ops_task(*args: Any, **options: Any) -> Any:
     """Like ``shared_task``, with ``base=OpsTask``: ``@ops_task`` or ``@ops_task(...)``."""
     options.setdefault("base", OpsTask)
-    if len(args) == 1 and callable(args[0]) and not options.keys() - {"base"}:
-        return shared_task(**options)(args[0])
-    decorate: Callable[..., Any] = shared_task(*args, **options)
-    return decorate
+    return shared_task(*args, **options)
