@@ -63,7 +63,9 @@ def test_checks__spool_dir_unset_is_a_warning(settings):
     assert check_spool_dir() == []
 
 
-def test_checks__time_limit_at_or_over_redis_visibility_timeout_is_a_warning(settings, monkeypatch):
+def test_checks__time_limit_at_or_over_redis_visibility_timeout_is_a_warning(
+    settings, monkeypatch
+):
     from djcelery_ops.ops.checks import check_time_limit_below_visibility_timeout as check
     from tests.celery_app import app
 
