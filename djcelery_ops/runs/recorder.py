@@ -25,7 +25,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from django.db import DatabaseError, InterfaceError, connections
+from django.db import DatabaseError, DataError, IntegrityError, InterfaceError, connections
 from django.db.models import Field
 
 from djcelery_ops.conf import ops_settings
@@ -158,6 +158,8 @@ def write_runs(events: Iterable[Mapping[str, Any]], using: str = "default") -> i
             for row in chunk:
                 for field in fields:
                     value = row.get(field.name, _empty(field.name))
+                    if field.max_length and isinstance(value, str):
+                        value = value[: field.max_length]
                     params.append(field.get_db_prep_save(value, connection))
             cursor.execute(head + ", ".join([placeholder] * len(chunk)) + tail, params)
     return len(rows)
@@ -223,11 +225,14 @@ class RunRecorder:
                 return 0
             try:
                 return write_runs(batch.values())
+            except (DataError, IntegrityError) as error:
+                # The data itself is refused: retrying would block every later batch.
+                logger.warning("%d job-run events dropped: %s", len(batch), error)
             except (DatabaseError, InterfaceError) as error:
                 self._keep(batch)
-                connections["default"].close()
                 logger.warning("job runs not recorded yet (%s); %d kept", error, len(batch))
-                return 0
+            connections["default"].close()
+            return 0
 
     def _keep(self, batch: dict[str, Event]) -> None:
         with self._lock:
