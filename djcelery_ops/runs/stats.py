@@ -58,7 +58,7 @@ def _aggregate_in_database(queryset: TaskRunQuerySet) -> list[dict[str, Any]]:
         .values("task_name")
         .annotate(
             runs=Count("*"),
-            failures=Count("*", filter=Q(state__in=TaskRun.FAILED_STATES)),
+            failures=Count("state", filter=Q(state__in=TaskRun.FAILED_STATES)),
             max_runtime=Max("runtime"),
             **percentiles,
         )
