@@ -63,13 +63,13 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _routing(request: Mapping[str, Any]) -> dict[str, str]:
+def _routing(request: Mapping[str, Any], delivery: Any = None) -> dict[str, str]:
     """Columns every event can fill from a request dict (headers merged in)."""
     headers = request.get("headers")
     tenant = request.get(ops_settings.RUNS_TENANT_HEADER)
     if tenant is None and isinstance(headers, Mapping):
         tenant = headers.get(ops_settings.RUNS_TENANT_HEADER)
-    delivery = request.get("delivery_info") or {}
+    delivery = delivery or request.get("delivery_info") or {}
     return {
         "queue": _text(request.get(QUEUE_HEADER) or delivery.get("routing_key")),
         "root_id": _text(request.get("root_id")),
@@ -98,7 +98,7 @@ def on_task_received(sender: Any = None, request: Any = None, **kwargs: Any) -> 
             task_name=request.task_name,
             worker_hostname=_text(request.hostname),
             received_at=timezone.now(),
-            **_routing({**headers, "delivery_info": request.delivery_info}),
+            **_routing(headers, request.delivery_info),
         )
     )
 
