@@ -33,6 +33,14 @@ class OpsSettings:
     DEAD_LETTER_SPOOL_DIR: str | None = None
     DEAD_LETTER_CAPTURE_ALL_TASKS: bool = True
 
+    # Job runs.
+    RUNS_ENABLED: bool = True
+    RUNS_ALL_TASKS: bool = False
+    RUNS_STORE_ARGS: bool = False
+    RUNS_FLUSH_INTERVAL: float = 0.5
+    RUNS_BATCH_SIZE: int = 500
+    RUNS_TENANT_HEADER: str = "tenant"
+
     def __getattribute__(self, name: str) -> Any:
         default = object.__getattribute__(self, name)
         if not name.isupper():

@@ -20,6 +20,26 @@ def connect_signals() -> None:
     signals.task_unknown.connect(capture_unknown_task, dispatch_uid="djops.task_unknown")
     signals.task_rejected.connect(capture_rejected_message, dispatch_uid="djops.task_rejected")
     signals.worker_ready.connect(ingest_spool_at_start, dispatch_uid="djops.spool_at_start")
+    connect_run_signals()
+
+
+def connect_run_signals() -> None:
+    """Job runs: each receiver checks ``DJCELERY_OPS_RUNS_ENABLED`` when it fires."""
+    from djcelery_ops.runs import receivers as runs
+
+    for name, receiver in (
+        ("worker_init", runs.activate),
+        ("worker_process_init", runs.activate),
+        ("worker_process_shutdown", runs.flush_at_shutdown),
+        ("worker_shutdown", runs.flush_at_shutdown),
+        ("task_received", runs.on_task_received),
+        ("task_prerun", runs.on_task_prerun),
+        ("task_postrun", runs.on_task_postrun),
+        ("task_retry", runs.on_task_retry),
+        ("task_failure", runs.on_task_failure),
+        ("task_revoked", runs.on_task_revoked),
+    ):
+        getattr(signals, name).connect(receiver, dispatch_uid=f"djops.runs.{name}")
 
 
 def add_queue_header(

@@ -11,6 +11,7 @@ from djcelery_ops.deadletter.record import FailureRecord
 from djcelery_ops.deadletter.spool import has_spooled_records, ingest_spool, write_to_spool
 from djcelery_ops.deadletter.store import store_record
 from djcelery_ops.ops.logs import log_event
+from djcelery_ops.runs.receivers import record_dead_letter
 
 logger = logging.getLogger("djcelery_ops.deadletter")
 
@@ -31,6 +32,7 @@ def capture_failure(record: FailureRecord) -> bool:
         )  # fmt: skip
         return False
     log_event("task.dead_lettered", record, level=logging.ERROR)
+    record_dead_letter(record)  # the job run's final state (batched; never raises)
     drain_spool_quietly()
     return True
 

@@ -97,3 +97,46 @@ def ops_fail_when(self, key: str, go_file: str) -> None:
 @shared_task
 def plain_raise(message: str) -> None:
     raise KeyError(message)
+
+
+# --- Job runs: tasks that stop in each lifecycle state ---------------------------------------
+
+
+@ops_task
+def ops_wait_for(go_file: str) -> str:
+    """Stays started until the test creates ``go_file``."""
+    deadline = time.monotonic() + 60
+    while not Path(go_file).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return "done"
+
+
+@ops_task(bind=True)
+def ops_retry_elsewhere(self, queue: str) -> None:
+    """Retries onto a queue no worker consumes, so the run stays in state retry."""
+    raise self.retry(exc=TransientError("try later"), queue=queue, countdown=0)
+
+
+@ops_task(bind=True)
+def ops_spawn_child(self) -> str:
+    return ops_add.delay(2, 3).id
+
+
+from djcelery_ops.task.base import OpsTask  # noqa: E402 - this section is appended
+
+
+class NoDeadLetterTask(OpsTask):
+    """An OpsTask whose failures are not dead-lettered: its runs end as failed."""
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+        return None
+
+
+@ops_task(base=NoDeadLetterTask)
+def ops_fail_without_dead_letter(message: str) -> None:
+    raise ValueError(message)
+
+
+@shared_task
+def plain_add(x: int, y: int) -> int:
+    return x + y

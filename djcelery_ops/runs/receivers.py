@@ -1,0 +1,252 @@
+"""Celery signal receivers that turn a task's lifecycle into job-run events.
+
+They record only inside a worker (``worker_init`` in the main process,
+``worker_process_init`` in pool children): eager calls in web processes and tests are not
+runs. Each receiver does a little dict work and hands the event to the batched recorder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from django.utils import timezone
+
+from djcelery_ops.conf import ops_settings
+from djcelery_ops.deadletter.record import QUEUE_HEADER, describe_exception, jsonable
+from djcelery_ops.runs.models import ATTEMPT_STRIDE, TaskRun
+from djcelery_ops.runs.recorder import Event, recorder
+
+logger = logging.getLogger("djcelery_ops.runs")
+State = TaskRun.State
+_active = False
+_started: dict[str, float] = {}
+
+
+def activate(**kwargs: Any) -> None:
+    """Receiver of ``worker_init`` / ``worker_process_init``: this process is a worker."""
+    global _active
+    _active = True
+
+
+def flush_at_shutdown(**kwargs: Any) -> None:
+    """Receiver of ``worker_process_shutdown`` / ``worker_shutdown``."""
+    recorder.close()
+
+
+def _records(task: Any) -> bool:
+    if not (_active and ops_settings.RUNS_ENABLED):
+        return False
+    if ops_settings.RUNS_ALL_TASKS:
+        return True
+    from djcelery_ops.task.base import OpsTask
+
+    return isinstance(task, OpsTask)
+
+
+def _event(task_id: str, state: str, retries: int, **columns: Any) -> Event:
+    rank = TaskRun.RANKS[State(state)]
+    return {
+        "task_id": task_id,
+        "state": state,
+        "retries": retries,
+        "progress": retries * ATTEMPT_STRIDE + rank,
+        **columns,
+    }
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _routing(request: Mapping[str, Any], delivery: Any = None) -> dict[str, str]:
+    """Columns every event can fill from a request dict (headers merged in)."""
+    headers = request.get("headers")
+    tenant = request.get(ops_settings.RUNS_TENANT_HEADER)
+    if tenant is None and isinstance(headers, Mapping):
+        tenant = headers.get(ops_settings.RUNS_TENANT_HEADER)
+    delivery = delivery or request.get("delivery_info") or {}
+    return {
+        "queue": _text(request.get(QUEUE_HEADER) or delivery.get("routing_key")),
+        "root_id": _text(request.get("root_id")),
+        "parent_id": _text(request.get("parent_id")),
+        "periodic_task_name": _text(request.get("periodic_task_name")),
+        "tenant": _text(tenant),
+    }
+
+
+def args_digest(args: Any, kwargs: Any) -> str:
+    """SHA-256 of the call's JSON: tells equal calls apart without storing the arguments."""
+    text = json.dumps([args, kwargs], sort_keys=True, default=repr, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def on_task_received(sender: Any = None, request: Any = None, **kwargs: Any) -> None:
+    """Worker main process: a message became a request (before any prefetch wait)."""
+    if request is None or not _records(request.task):
+        return
+    headers = request.request_dict
+    recorder.add(
+        _event(
+            request.id,
+            State.RECEIVED,
+            int(headers.get("retries") or 0),
+            task_name=request.task_name,
+            worker_hostname=_text(request.hostname),
+            received_at=timezone.now(),
+            **_routing(headers, request.delivery_info),
+        )
+    )
+
+
+def on_task_prerun(
+    sender: Any = None, task_id: str = "", args: Any = None, kwargs: Any = None, **extra: Any
+) -> None:
+    if not _records(sender) or sender.request.is_eager:
+        return
+    request = vars(sender.request)
+    now = timezone.now()
+    columns: dict[str, Any] = {"args_digest": args_digest(args, kwargs)}
+    if ops_settings.RUNS_STORE_ARGS:
+        columns.update(args=jsonable(args), kwargs=jsonable(kwargs))
+    _started[task_id] = time.monotonic()
+    recorder.add(
+        _event(
+            task_id,
+            State.STARTED,
+            int(request.get("retries") or 0),
+            task_name=sender.name,
+            worker_hostname=_text(request.get("hostname")),
+            started_at=now,
+            received_at=now,  # in case the main process's batch never arrives
+            **_routing(request),
+            **columns,
+        )
+    )
+
+
+POSTRUN_STATES = {"SUCCESS": State.SUCCEEDED, "FAILURE": State.FAILED, "RETRY": State.RETRY}
+
+
+def on_task_postrun(
+    sender: Any = None, task_id: str = "", state: str | None = None, **extra: Any
+) -> None:
+    started = _started.pop(task_id, None)
+    run_state = POSTRUN_STATES.get(state or "", State.FAILED)
+    if not _records(sender) or sender.request.is_eager:
+        return
+    runtime = None if started is None else time.monotonic() - started
+    columns: dict[str, Any] = {"runtime": runtime}
+    if run_state != State.RETRY:
+        columns["finished_at"] = timezone.now()
+    retries = int(getattr(sender.request, "retries", 0) or 0)
+    recorder.add(_event(task_id, run_state, retries, **columns))
+
+
+def on_task_retry(sender: Any = None, request: Any = None, reason: Any = None, **kw: Any) -> None:
+    if request is None or not _records(sender) or request.is_eager:
+        return
+    # Celery's Retry wraps the error that caused it, when there is one.
+    exc = getattr(reason, "exc", None) or reason
+    exception_class, message = describe_exception(exc if isinstance(exc, BaseException) else None)
+    if not exception_class:
+        message = _text(reason)
+    recorder.add(
+        _event(
+            request.id,
+            State.RETRY,
+            int(request.retries or 0),
+            exception_class=exception_class,
+            exception_message=message,
+        )
+    )
+
+
+def on_task_failure(
+    sender: Any = None, task_id: str = "", exception: BaseException | None = None, **kw: Any
+) -> None:
+    if not _records(sender):
+        return
+    request = getattr(sender, "request", None)
+    if request is not None and request.id == task_id and request.is_eager:
+        return
+    exception_class, message = describe_exception(exception)
+    retries = int(getattr(request, "retries", 0) or 0) if request is not None else 0
+    recorder.add(
+        _event(
+            task_id,
+            State.FAILED,
+            retries,
+            task_name=_text(getattr(sender, "name", "")),
+            exception_class=exception_class,
+            exception_message=message,
+            finished_at=timezone.now(),
+        )
+    )
+
+
+def on_task_revoked(
+    sender: Any = None,
+    request: Any = None,
+    terminated: bool = False,
+    signum: Any = None,
+    expired: bool = False,
+    **kw: Any,
+) -> None:
+    """Worker main process: revoked by id or header, expired, or terminated."""
+    if request is None or not _records(sender):
+        return
+    if expired:
+        why = "expired"
+    elif terminated:
+        why = f"terminated by signal {signum}"
+    else:
+        why = "revoked"
+    recorder.add(
+        _event(
+            _text(request.id),
+            State.REVOKED,
+            int(getattr(request, "retries", 0) or 0),
+            task_name=_text(getattr(sender, "name", "")),
+            exception_message=why,
+            finished_at=timezone.now(),
+            **_routing(vars(request)),
+        )
+    )
+
+
+def record_dead_letter(record: Any) -> None:
+    """Called by dead-letter capture: this run's final state is ``dead_lettered``.
+
+    The dead letter itself was stored synchronously; only the run's state is batched.
+    Never raises: the dead letter is what matters.
+    """
+    try:
+        _record_dead_letter(record)
+    except Exception:
+        logger.exception("could not mark the job run of %s dead-lettered", record.task_id)
+
+
+def _record_dead_letter(record: Any) -> None:
+    from celery import current_app
+
+    task = current_app.tasks.get(record.task_name)
+    if not (_records(task) or (task is None and _active and ops_settings.RUNS_ALL_TASKS)):
+        return
+    recorder.add(
+        _event(
+            record.task_id,
+            State.DEAD_LETTERED,
+            int(record.retries or 0),
+            task_name=record.task_name,
+            exception_class=record.exception_class,
+            exception_message=record.exception_message,
+            finished_at=timezone.now(),
+            queue=record.queue,
+            worker_hostname=record.worker_hostname,
+        )
+    )

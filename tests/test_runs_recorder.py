@@ -1,0 +1,163 @@
+"""The batched writer: upserts where the later state wins, whatever order batches come in."""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from djcelery_ops.models import TaskRun
+from djcelery_ops.runs import receivers
+from djcelery_ops.runs.models import ATTEMPT_STRIDE
+from djcelery_ops.runs.recorder import RunRecorder, merge_events, write_runs
+
+pytestmark = pytest.mark.django_db
+State = TaskRun.State
+T0 = datetime.datetime(2026, 3, 1, 12, 0, tzinfo=datetime.UTC)
+
+
+def at(seconds: float) -> datetime.datetime:
+    return T0 + datetime.timedelta(seconds=seconds)
+
+
+def event(state: str, retries: int = 0, **columns):
+    rank = TaskRun.RANKS[State(state)]
+    return {
+        "task_id": "t1",
+        "state": state,
+        "retries": retries,
+        "progress": retries * ATTEMPT_STRIDE + rank,
+        **columns,
+    }
+
+
+RECEIVED = event(State.RECEIVED, task_name="shop.charge", queue="q", received_at=at(0))
+STARTED = event(State.STARTED, worker_hostname="w1", started_at=at(1), received_at=at(1))
+SUCCEEDED = event(State.SUCCEEDED, runtime=2.5, finished_at=at(3.5))
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations([RECEIVED, STARTED, SUCCEEDED])))
+def test_batches_in_any_order__end_in_the_latest_state_with_every_column(order):
+    for one in order:
+        write_runs([one])
+    run = TaskRun.objects.get(task_id="t1")
+    assert run.state == State.SUCCEEDED
+    assert (run.task_name, run.queue, run.worker_hostname) == ("shop.charge", "q", "w1")
+    assert (run.received_at, run.started_at, run.finished_at) == (at(0), at(1), at(3.5))
+    assert run.runtime == 2.5
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations([RECEIVED, STARTED, SUCCEEDED])))
+def test_merge_in_memory__gives_what_the_database_upsert_gives(order):
+    merged = order[0]
+    for one in order[1:]:
+        merged = merge_events(merged, one)
+    write_runs([merged])
+    run = TaskRun.objects.values(*merged).get()
+    assert run == merged
+
+
+def test_second_attempt__replaces_the_first_attempts_error_and_keeps_first_receipt():
+    write_runs([merge_events(RECEIVED, STARTED)])
+    retry = event(State.RETRY, exception_class="TransientError", exception_message="503")
+    second = event(State.RECEIVED, retries=1, received_at=at(10))
+    done = event(State.SUCCEEDED, retries=1, finished_at=at(12), runtime=0.5)
+    write_runs([done])
+    write_runs([retry])  # the first attempt's retry arrives last
+    write_runs([second])
+    run = TaskRun.objects.get()
+    assert (run.state, run.retries, run.exception_class) == (State.SUCCEEDED, 1, "")
+    assert run.received_at == at(0)
+    assert run.finished_at == at(12)
+
+
+def test_dead_lettered__wins_over_failed_and_keeps_the_exception():
+    failed = event(State.FAILED, exception_class="builtins.ValueError", finished_at=at(2))
+    dead = event(State.DEAD_LETTERED, exception_class="builtins.ValueError", finished_at=at(3))
+    write_runs([dead])
+    write_runs([failed])
+    run = TaskRun.objects.get()
+    assert run.state == State.DEAD_LETTERED
+    assert run.exception_class == "builtins.ValueError"
+
+
+def test_one_batch__is_one_statement_for_hundreds_of_runs():
+    events = [{**SUCCEEDED, "task_id": f"t{i}"} for i in range(300)]
+    with CaptureQueriesContext(connection) as queries:
+        assert write_runs(events) == 300
+    assert len(queries) == 1
+    assert TaskRun.objects.succeeded().count() == 300
+
+
+def test_recorder__merges_events_of_one_task_id_and_flushes_them_together():
+    recorder = RunRecorder()
+    recorder._thread = object()  # type: ignore[assignment]  # flush by hand, no thread
+    for one in (SUCCEEDED, RECEIVED, STARTED):
+        recorder.add(one)
+    assert recorder.pending == 1
+    assert recorder.flush() == 1
+    assert recorder.pending == 0
+    assert TaskRun.objects.get().state == State.SUCCEEDED
+    assert recorder.flush() == 0
+
+
+def rename_table(old: str, new: str) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(f"ALTER TABLE {old} RENAME TO {new}")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_recorder__keeps_the_batch_while_the_table_is_unreachable_then_writes_it():
+    recorder = RunRecorder()
+    recorder._thread = object()  # type: ignore[assignment]
+    recorder.add(RECEIVED)
+    rename_table("djcelery_ops_taskrun", "djcelery_ops_taskrun_away")
+    try:
+        assert recorder.flush() == 0
+        assert recorder.pending == 1
+    finally:
+        rename_table("djcelery_ops_taskrun_away", "djcelery_ops_taskrun")
+    recorder.add(STARTED)
+    assert recorder.flush() == 1
+    assert TaskRun.objects.get().state == State.STARTED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_recorder__drops_a_batch_the_database_refuses_and_goes_on():
+    recorder = RunRecorder()
+    recorder._thread = object()  # type: ignore[assignment]
+    recorder.add({**RECEIVED, "progress": -1})  # violates the column's check constraint
+    assert recorder.flush() == 0
+    assert recorder.pending == 0
+    recorder.add(STARTED)
+    assert recorder.flush() == 1
+
+
+def test_write__cuts_text_longer_than_its_column():
+    write_runs([{**RECEIVED, "task_name": "x" * 300}])
+    assert TaskRun.objects.get().task_name == "x" * 255
+
+
+def test_receivers__record_nothing_outside_a_worker(settings):
+    assert receivers._active is False
+    assert receivers._records(object()) is False
+
+
+def test_receivers__record_ops_tasks_or_every_task_by_setting(settings, monkeypatch):
+    from tests.testapp import tasks
+
+    monkeypatch.setattr(receivers, "_active", True)
+    assert receivers._records(tasks.ops_add)
+    assert not receivers._records(tasks.plain_add)
+    settings.DJCELERY_OPS_RUNS_ALL_TASKS = True
+    assert receivers._records(tasks.plain_add)
+    settings.DJCELERY_OPS_RUNS_ENABLED = False
+    assert not receivers._records(tasks.ops_add)
+
+
+def test_args_digest__is_stable_and_tells_calls_apart():
+    assert receivers.args_digest([1], {"a": 2}) == receivers.args_digest([1], {"a": 2})
+    assert receivers.args_digest([1], {"a": 2}) != receivers.args_digest([1], {"a": 3})
