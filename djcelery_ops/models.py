@@ -1,3 +1,5 @@
 """Models of djcelery_ops; each concept lives in its part's package and is re-exported here."""
 
 from __future__ import annotations
+
+from djcelery_ops.schedules.models import ManagedSchedule, SchedulerLease  # noqa: F401
