@@ -27,7 +27,7 @@ class OpsSettings:
     SCHEDULE_DEFAULT_TIMEZONE: str = "UTC"
     # Seconds a beat leader's lease lasts; a standby takes over at most this long (plus one
     # beat loop) after the leader died. The leader renews at a third of it.
-    BEAT_LEASE_SECONDS: float = 15.0
+    BEAT_LEASE_SECONDS: float = 10.0
     # Name of the lease row: beat processes sharing a name elect one leader among them.
     BEAT_LEASE_NAME: str = "default"
 
