@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import io
-import os
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 from django_celery_beat.schedulers import ModelEntry
 
@@ -111,8 +109,6 @@ def _slot_times() -> list[datetime]:
 def test_two_beats__each_slot_runs_once_and_sigkill_of_the_leader_hands_over(
     start_worker, celery_queue
 ):
-    if connection.vendor != "postgresql" and not os.environ.get("DJOPS_TRY_SQLITE"):
-        pytest.skip("two beat processes and a worker writing at once need PostgreSQL")
     start_worker()
     every_second = IntervalSchedule.objects.create(every=1, period=IntervalSchedule.SECONDS)
     PeriodicTask.objects.create(

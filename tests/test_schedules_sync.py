@@ -235,3 +235,43 @@ def test_sync__unimportable_dotted_path_is_a_command_error(settings):
 
     with pytest.raises(CommandError, match="cannot import 'tests.nowhere.SCHEDULES'"):
         sync()
+
+
+def test_checks__declared_schedules_without_the_locked_scheduler_warn(settings):
+    from djcelery_ops.schedules.checks import check_beat_scheduler
+
+    settings.DJCELERY_OPS_SCHEDULES = [EVERY_MINUTE]
+    settings.CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+    assert [w.id for w in check_beat_scheduler()] == ["djcelery_ops.W101"]
+
+    settings.CELERY_BEAT_SCHEDULER = "djcelery_ops.schedules.scheduler:LockedDatabaseScheduler"
+    assert check_beat_scheduler() == []
+    settings.DJCELERY_OPS_SCHEDULES = None
+    settings.CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+    assert check_beat_scheduler() == []
+
+
+def test_checks__a_lease_of_a_second_warns(settings):
+    from djcelery_ops.schedules.checks import check_lease_seconds
+
+    settings.DJCELERY_OPS_BEAT_LEASE_SECONDS = 1
+    assert [w.id for w in check_lease_seconds()] == ["djcelery_ops.W102"]
+    settings.DJCELERY_OPS_BEAT_LEASE_SECONDS = 10
+    assert check_lease_seconds() == []
+
+
+def test_checks__invalid_declarations_are_errors_one_per_problem(settings):
+    from djcelery_ops.schedules.checks import check_schedule_declarations
+
+    settings.DJCELERY_OPS_SCHEDULES = [
+        {"name": "a", "task": TASK, "crontab": "* *"},
+        {"name": "b", "task": TASK},
+    ]
+    errors = check_schedule_declarations()
+    assert [e.id for e in errors] == ["djcelery_ops.E101", "djcelery_ops.E101"]
+    assert [e.msg for e in errors] == [
+        "schedule 'a': invalid crontab '* *': expected 5 fields (minute hour day month weekday)",
+        "schedule 'b': give exactly one of crontab and interval",
+    ]
+    settings.DJCELERY_OPS_SCHEDULES = [EVERY_MINUTE]
+    assert check_schedule_declarations() == []
