@@ -4,5 +4,6 @@ from __future__ import annotations
 
 from djcelery_ops.deadletter.models import DeadLetter, DeliveryCount
 from djcelery_ops.runs.models import TaskRun
+from djcelery_ops.schedules.models import ManagedSchedule, SchedulerLease
 
-__all__ = ["DeadLetter", "DeliveryCount", "TaskRun"]
+__all__ = ["DeadLetter", "DeliveryCount", "ManagedSchedule", "SchedulerLease", "TaskRun"]

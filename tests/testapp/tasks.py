@@ -10,7 +10,7 @@ from celery.exceptions import Reject
 
 from djcelery_ops import PermanentError, TransientError, ops_task
 
-from .models import Effect
+from .models import Effect, ScheduleSlotRun
 
 
 @shared_task(bind=True)
@@ -140,3 +140,18 @@ def ops_fail_without_dead_letter(message: str) -> None:
 @shared_task
 def plain_add(x: int, y: int) -> int:
     return x + y
+
+
+# --- Periodic jobs: what beat dispatched, per schedule slot ----------------------------------
+
+
+@shared_task(bind=True)
+def record_schedule_slot(self, label: str = "") -> int:
+    """Record the schedule-slot header beat put on this run; tests count runs per slot."""
+    run = ScheduleSlotRun.objects.create(
+        slot_key=self.request.get("djcelery_ops_schedule_slot") or "",
+        periodic_task_name=self.request.get("periodic_task_name") or "",
+        label=label,
+        task_id=self.request.id,
+    )
+    return run.pk
