@@ -96,7 +96,18 @@ if CELERY_BROKER_URL.startswith("filesystem"):
 CELERY_RESULT_BACKEND = "django-db"
 CELERY_RESULT_EXTENDED = True
 CELERY_TIMEZONE = TIME_ZONE
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# django-celery-beat's DatabaseScheduler with a leader lease: safe to run beat twice.
+CELERY_BEAT_SCHEDULER = "djcelery_ops.schedules.scheduler:LockedDatabaseScheduler"
+
+# Schedules as code, synced into django-celery-beat by `manage.py sync_schedules`.
+DJCELERY_OPS_SCHEDULES = [
+    {
+        "name": "shop: nightly report",
+        "task": "example_project.shop.tasks.nightly_report",
+        "crontab": "0 2 * * *",
+        "description": "Yesterday's charged payments",
+    },
+]
 CELERY_TASK_TRACK_STARTED = True
 
 DJCELERY_OPS_DEAD_LETTER_SPOOL_DIR = str(VAR_DIR / "spool")
