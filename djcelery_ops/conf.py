@@ -33,6 +33,13 @@ class OpsSettings:
     DEAD_LETTER_SPOOL_DIR: str | None = None
     DEAD_LETTER_CAPTURE_ALL_TASKS: bool = True
 
+    # Idempotency (djcelery_ops.idempotency).
+    IDEMPOTENCY_DEFAULT_MODE: str = "atomic"
+    IDEMPOTENCY_LEASE_MARGIN_SECONDS: float = 30
+    IDEMPOTENCY_DEFAULT_LEASE_SECONDS: float = 3600
+    IDEMPOTENCY_RESULT_MAX_BYTES: int = 64 * 1024
+    IDEMPOTENCY_KEY_TTL_SECONDS: float | None = None
+
     def __getattribute__(self, name: str) -> Any:
         default = object.__getattribute__(self, name)
         if not name.isupper():

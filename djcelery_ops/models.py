@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from djcelery_ops.deadletter.models import DeadLetter, DeliveryCount
+from djcelery_ops.idempotency.models import EnqueueLock, IdempotencyKey
 
-__all__ = ["DeadLetter", "DeliveryCount"]
+__all__ = ["DeadLetter", "DeliveryCount", "EnqueueLock", "IdempotencyKey"]

@@ -13,6 +13,7 @@ from celery.utils.log import get_task_logger
 
 from djcelery_ops.conf import ops_settings
 from djcelery_ops.exceptions import PermanentError, TransientError
+from djcelery_ops.idempotency.keys import header_key
 from djcelery_ops.ops.logs import log_event
 
 task_logger = get_task_logger(__name__)
@@ -55,6 +56,33 @@ class OpsTask(Task):  # type: ignore[type-arg]
 
     retry_for: tuple[type[BaseException], ...] = (TransientError, ConnectionError, TimeoutError)
     dead_letter_for: tuple[type[BaseException], ...] = (PermanentError,)
+
+    # Execution-time idempotency and enqueue-time uniqueness: docs/idempotency.md.
+    idempotency_key: str | Callable[..., Any] | None = None
+    idempotency_mode = _from_setting("IDEMPOTENCY_DEFAULT_MODE")
+    unique_for: float | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        plain = self.unique_for is None and self.idempotency_key is None
+        if plain and not header_key(self.request):
+            return super().__call__(*args, **kwargs)
+        from djcelery_ops.idempotency.execution import run_idempotently
+
+        return run_idempotently(
+            self, args, kwargs, lambda: super(OpsTask, self).__call__(*args, **kwargs)
+        )
+
+    def apply_async(  # type: ignore[override]  # options by keyword only
+        self, args: Any = None, kwargs: Any = None, **options: Any
+    ) -> Any:
+        if self.unique_for is None:
+            return super().apply_async(args, kwargs, **options)
+        from djcelery_ops.idempotency.unique import apply_async_unique
+
+        publish = super().apply_async
+        return apply_async_unique(
+            self, args, kwargs, options, lambda **o: publish(args, kwargs, **o)
+        )
 
     # Celery's own autoretry wrapper (celery.app.autoretry) reads these when the task is
     # registered; they follow retry_for / dead_letter_for.
