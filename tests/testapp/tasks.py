@@ -113,6 +113,10 @@ def _kill_on_first_delivery(marker_dir: str, key: str) -> None:
     except FileExistsError:
         return
     os.close(fd)
+    # Work in progress. A child killed within milliseconds of starting can die before its
+    # parent registered the job as accepted: billiard then reports a hard time limit
+    # (acked, dead-lettered) instead of WorkerLostError (requeued).
+    time.sleep(0.2)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -123,14 +127,20 @@ def idem_atomic_effect(self, key: str, hold: float = 0.0) -> dict:
     return {"key": key, "task_id": self.request.id}
 
 
-@ops_task(bind=True, idempotency_key="effect:{key}", idempotency_mode="lease", time_limit=5)
+@ops_task(
+    bind=True,
+    idempotency_key="effect:{key}",
+    idempotency_mode="lease",
+    soft_time_limit=None,
+    time_limit=5,
+)
 def idem_lease_effect(self, key: str, hold: float = 0.0) -> dict:
     Effect.objects.create(key=key, task_id=current_idempotency_key(), worker_pid=os.getpid())
     time.sleep(hold)
     return {"key": key, "task_id": self.request.id}
 
 
-@ops_task(bind=True, idempotency_key="kill:{key}", time_limit=20)
+@ops_task(bind=True, idempotency_key="kill:{key}", soft_time_limit=None, time_limit=20)
 def idem_atomic_kill_once(self, key: str, marker_dir: str) -> str:
     # The effect is written, then the child dies: the rollback must take it back.
     Effect.objects.create(key=key, task_id=self.request.id, worker_pid=os.getpid())
@@ -138,7 +148,15 @@ def idem_atomic_kill_once(self, key: str, marker_dir: str) -> str:
     return key
 
 
-@ops_task(bind=True, idempotency_key="kill:{key}", idempotency_mode="lease", time_limit=2)
+@ops_task(
+    bind=True,
+    idempotency_key="kill:{key}",
+    idempotency_mode="lease",
+    soft_time_limit=None,
+    # Not shorter: billiard may notice a dead child only after a short hard time limit
+    # fired, and then reports the loss as TimeLimitExceeded (acked, not requeued).
+    time_limit=10,
+)
 def idem_lease_kill_once(self, key: str, marker_dir: str) -> str:
     # The child dies holding the lease; the redelivery waits for the lease to expire.
     _kill_on_first_delivery(marker_dir, key)
@@ -146,14 +164,20 @@ def idem_lease_kill_once(self, key: str, marker_dir: str) -> str:
     return key
 
 
-@ops_task(bind=True, idempotency_key="slow:{key}", time_limit=30)
+@ops_task(bind=True, idempotency_key="slow:{key}", soft_time_limit=None, time_limit=30)
 def idem_atomic_slow(self, key: str, seconds: float) -> str:
     Effect.objects.create(key=key, task_id=self.request.id, worker_pid=os.getpid())
     time.sleep(seconds)
     return key
 
 
-@ops_task(bind=True, idempotency_key="slow:{key}", idempotency_mode="lease", time_limit=30)
+@ops_task(
+    bind=True,
+    idempotency_key="slow:{key}",
+    idempotency_mode="lease",
+    soft_time_limit=None,
+    time_limit=8,
+)
 def idem_lease_slow(self, key: str, seconds: float) -> str:
     Effect.objects.create(key=key, task_id=self.request.id, worker_pid=os.getpid())
     time.sleep(seconds)
