@@ -62,20 +62,26 @@ def _seconds_param(seconds: float) -> Any:
     return seconds if connection.vendor == "postgresql" else f"{seconds:+.3f} seconds"
 
 
-def _claim_sql(leased: bool) -> str:
+def _claim_sql(leased: bool, expires: bool) -> str:
+    """Lease mode inserts a running row; atomic mode inserts it done (with a null result),
+    since nobody sees it before the transaction that runs the body commits."""
     table = connection.ops.quote_name(IdempotencyKey._meta.db_table)
     now = _clock()
     lease = _clock(offset_param=True) if leased else "NULL"
+    state, stored, completed = ("'running'", "false", "NULL") if leased else ("'done'", "true", now)
+    expires_at = _clock(offset_param=True) if expires else "NULL"
     return f"""
         INSERT INTO {table} (key, task_name, mode, state, owner_task_id, token,
             lease_expires_at, attempts, result, result_stored, created_at, completed_at,
             expires_at)
-        VALUES (%s, %s, %s, 'running', %s, 1, {lease}, 1, NULL, false, {now}, NULL, NULL)
+        VALUES (%s, %s, %s, {state}, %s, 1, {lease}, 1, NULL, {stored}, {now}, {completed},
+            {expires_at})
         ON CONFLICT (key) DO UPDATE SET
-            task_name = excluded.task_name, mode = excluded.mode, state = 'running',
+            task_name = excluded.task_name, mode = excluded.mode, state = excluded.state,
             owner_task_id = excluded.owner_task_id, token = {table}.token + 1,
             lease_expires_at = excluded.lease_expires_at, attempts = {table}.attempts + 1,
-            result = NULL, result_stored = false, completed_at = NULL, expires_at = NULL
+            result = NULL, result_stored = excluded.result_stored,
+            completed_at = excluded.completed_at, expires_at = excluded.expires_at
         WHERE {table}.state = 'failed'
             OR ({table}.state = 'running' AND {table}.lease_expires_at < {now})
             OR ({table}.state = 'done' AND {table}.expires_at < {now})
@@ -92,9 +98,14 @@ def claim_key(
     params: list[Any] = [key, task_name, mode, owner_task_id]
     if lease_seconds is not None:
         params.append(_seconds_param(lease_seconds))
+    ttl = ops_settings.IDEMPOTENCY_KEY_TTL_SECONDS
+    expires = lease_seconds is None and ttl is not None
+    if ttl is not None and expires:
+        params.append(_seconds_param(float(ttl)))
+    sql = _claim_sql(leased=lease_seconds is not None, expires=expires)
     for _attempt in range(3):
         with connection.cursor() as cursor:
-            cursor.execute(_claim_sql(lease_seconds is not None), params)
+            cursor.execute(sql, params)
             row = cursor.fetchone()
         if row is not None:
             return Claim(key=key, token=int(row[0]))
@@ -159,6 +170,9 @@ def run_atomic(
             return claim, None
         assert claim.token is not None
         result = body()
-        if not complete_key(key, claim.token, result):
-            raise RuntimeError(f"idempotency key {key!r} changed hands inside its transaction")
+        if result is not None:  # the claim stored a null result already: one write less
+            stored, ok = storable_result(result)
+            rows = IdempotencyKey.objects.filter(key=key, token=claim.token)
+            if not rows.update(result=stored, result_stored=ok, completed_at=Now()):
+                raise RuntimeError(f"idempotency key {key!r} changed hands in its transaction")
         return claim, result
