@@ -41,6 +41,7 @@ class OpsSettings:
     RUNS_BATCH_SIZE: int = 500
     RUNS_TENANT_HEADER: str = "tenant"
 
+    # Periodic jobs.
     # Schedules as code: a list of dicts (or ``Schedule`` objects), or the dotted path of a
     # module attribute holding one; ``sync_schedules`` upserts them into django-celery-beat.
     SCHEDULES: list[Any] | str | None = None
@@ -54,6 +55,13 @@ class OpsSettings:
     BEAT_LEASE_SECONDS: float = 10.0
     # Name of the lease row: beat processes sharing a name elect one leader among them.
     BEAT_LEASE_NAME: str = "default"
+
+    # Idempotency (djcelery_ops.idempotency).
+    IDEMPOTENCY_DEFAULT_MODE: str = "atomic"
+    IDEMPOTENCY_LEASE_MARGIN_SECONDS: float = 30
+    IDEMPOTENCY_DEFAULT_LEASE_SECONDS: float = 3600
+    IDEMPOTENCY_RESULT_MAX_BYTES: int = 64 * 1024
+    IDEMPOTENCY_KEY_TTL_SECONDS: float | None = None
 
     def __getattribute__(self, name: str) -> Any:
         default = object.__getattribute__(self, name)

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from djcelery_ops.deadletter.models import DeadLetter, DeliveryCount
+from djcelery_ops.idempotency.models import EnqueueLock, IdempotencyKey
 from djcelery_ops.runs.models import TaskRun
 from djcelery_ops.schedules.models import ManagedSchedule, SchedulerLease
 
-__all__ = ["DeadLetter", "DeliveryCount", "ManagedSchedule", "SchedulerLease", "TaskRun"]
+__all__ = [
+    "DeadLetter",
+    "DeliveryCount",
+    "EnqueueLock",
+    "IdempotencyKey",
+    "ManagedSchedule",
+    "SchedulerLease",
+    "TaskRun",
+]

@@ -104,3 +104,20 @@ LOGGING = {
     "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json"}},
     "loggers": {"djcelery_ops": {"handlers": ["json"], "level": "INFO", "propagate": False}},
 }
+
+# --- Idempotency tests: worker subprocesses read these from their environment -------------
+if os.environ.get("DJCELERY_OPS_TEST_VISIBILITY_TIMEOUT") and CELERY_BROKER_URL.startswith("redis"):
+    # A short visibility timeout, and restore sweeps every second, so that a long task's
+    # message is redelivered while the task still runs.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": float(os.environ["DJCELERY_OPS_TEST_VISIBILITY_TIMEOUT"]),
+        "unacked_restore_interval": 1,
+        "unacked_restore_throttle": 1,
+    }
+if os.environ.get("DJCELERY_OPS_IDEMPOTENCY_LEASE_MARGIN_SECONDS"):
+    DJCELERY_OPS_IDEMPOTENCY_LEASE_MARGIN_SECONDS = float(
+        os.environ["DJCELERY_OPS_IDEMPOTENCY_LEASE_MARGIN_SECONDS"]
+    )
+if os.environ.get("DJCELERY_OPS_TEST_DB_REUSE_MAX"):
+    # Celery's Django fixup closes the connection around every task unless this is set.
+    CELERY_DB_REUSE_MAX = int(os.environ["DJCELERY_OPS_TEST_DB_REUSE_MAX"])

@@ -56,3 +56,17 @@ def test_json_formatter__one_object_with_the_event_fields():
     data = json.loads(line)
     assert data["event"] == "task.succeeded"
     assert (data["task_id"], data["duration"], data["level"]) == ("t1", 0.5, "INFO")
+
+
+def test_soft_time_limit__stays_below_a_tasks_shorter_hard_limit():
+    class Short(OpsTask):
+        time_limit = 60
+
+    class Tiny(OpsTask):
+        time_limit = 2
+
+    assert Short().soft_time_limit == 54
+    assert Tiny().soft_time_limit == 1.8
+    with override_settings(DJCELERY_OPS_TASK_SOFT_TIME_LIMIT=20):
+        assert Short().soft_time_limit == 20
+    assert tasks.ops_add.soft_time_limit == 300  # the default, below the default hard 330

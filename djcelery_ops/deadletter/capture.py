@@ -38,8 +38,12 @@ def capture_failure(record: FailureRecord) -> bool:
 
 
 def _store_with_one_reconnect(record: FailureRecord) -> None:
-    """A connection can be stale (server restarted, inherited across a fork): retry once."""
-    close_old_connections()
+    """A connection can be stale (server restarted, inherited across a fork): retry once.
+
+    Inside a transaction (an eager call, a test) the connection is the caller's: leave it.
+    """
+    if not connection.in_atomic_block:
+        close_old_connections()
     try:
         store_record(record)
     except (DatabaseError, InterfaceError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import Task, shared_task
@@ -12,6 +13,7 @@ from celery.utils.log import get_task_logger
 
 from djcelery_ops.conf import ops_settings
 from djcelery_ops.exceptions import PermanentError, TransientError
+from djcelery_ops.idempotency.keys import header_key
 from djcelery_ops.ops.logs import log_event
 
 task_logger = get_task_logger(__name__)
@@ -24,6 +26,16 @@ def _from_setting(name: str) -> Any:
     attribute) shadows this property in its own class.
     """
     return property(lambda task: getattr(ops_settings, name))
+
+
+def _soft_below_hard(task: Any) -> Any:
+    """``DJCELERY_OPS_TASK_SOFT_TIME_LIMIT``, or below a task's own shorter hard limit
+    (Celery refuses a soft limit above the hard one): 10% earlier, at most 30 s."""
+    soft = ops_settings.TASK_SOFT_TIME_LIMIT
+    hard = task.time_limit
+    if soft is not None and hard is not None and soft >= hard:
+        return max(hard * 0.9, hard - 30)
+    return soft
 
 
 class OpsTask(Task):  # type: ignore[type-arg]
@@ -41,7 +53,7 @@ class OpsTask(Task):  # type: ignore[type-arg]
 
     acks_late = _from_setting("TASK_ACKS_LATE")
     reject_on_worker_lost = _from_setting("TASK_REJECT_ON_WORKER_LOST")
-    soft_time_limit = _from_setting("TASK_SOFT_TIME_LIMIT")
+    soft_time_limit: Any = property(_soft_below_hard)
     time_limit = _from_setting("TASK_TIME_LIMIT")
     max_retries = _from_setting("TASK_MAX_RETRIES")
     retry_backoff = _from_setting("TASK_RETRY_BACKOFF")
@@ -54,6 +66,33 @@ class OpsTask(Task):  # type: ignore[type-arg]
 
     retry_for: tuple[type[BaseException], ...] = (TransientError, ConnectionError, TimeoutError)
     dead_letter_for: tuple[type[BaseException], ...] = (PermanentError,)
+
+    # Execution-time idempotency and enqueue-time uniqueness: docs/idempotency.md.
+    idempotency_key: str | Callable[..., Any] | None = None
+    idempotency_mode = _from_setting("IDEMPOTENCY_DEFAULT_MODE")
+    unique_for: float | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        plain = self.unique_for is None and self.idempotency_key is None
+        if plain and not header_key(self.request):
+            return super().__call__(*args, **kwargs)
+        from djcelery_ops.idempotency.execution import run_idempotently
+
+        return run_idempotently(
+            self, args, kwargs, lambda: super(OpsTask, self).__call__(*args, **kwargs)
+        )
+
+    def apply_async(  # type: ignore[override]  # options by keyword only
+        self, args: Any = None, kwargs: Any = None, **options: Any
+    ) -> Any:
+        if self.unique_for is None:
+            return super().apply_async(args, kwargs, **options)
+        from djcelery_ops.idempotency.unique import apply_async_unique
+
+        publish = super().apply_async
+        return apply_async_unique(
+            self, args, kwargs, options, lambda **o: publish(args, kwargs, **o)
+        )
 
     # Celery's own autoretry wrapper (celery.app.autoretry) reads these when the task is
     # registered; they follow retry_for / dead_letter_for.

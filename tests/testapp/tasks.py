@@ -9,6 +9,7 @@ from celery import shared_task
 from celery.exceptions import Reject
 
 from djcelery_ops import PermanentError, TransientError, ops_task
+from djcelery_ops.idempotency.execution import current_idempotency_key
 
 from .models import Effect, ScheduleSlotRun
 
@@ -155,3 +156,134 @@ def record_schedule_slot(self, label: str = "") -> int:
         task_id=self.request.id,
     )
     return run.pk
+
+
+# --- Idempotency (djcelery_ops.idempotency) ---------------------------------------------------
+# Effects are Effect rows, counted by the tests. In atomic mode they are written in the key's
+# transaction; in lease mode they are committed at once, like a call to an external API.
+
+
+def _kill_on_first_delivery(marker_dir: str, key: str) -> None:
+    """SIGKILL this worker child the first time ``key`` runs (a file marks that it did)."""
+    try:
+        fd = os.open(Path(marker_dir) / key, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.close(fd)
+    # Work in progress. A child killed within milliseconds of starting can die before its
+    # parent registered the job as accepted: billiard then reports a hard time limit
+    # (acked, dead-lettered) instead of WorkerLostError (requeued).
+    time.sleep(0.2)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@ops_task(bind=True, idempotency_key="effect:{key}")
+def idem_atomic_effect(self, key: str, hold: float = 0.0) -> dict:
+    Effect.objects.create(key=key, task_id=self.request.id or "", worker_pid=os.getpid())
+    time.sleep(hold)  # work in progress: widens the window in which a duplicate arrives
+    return {"key": key, "task_id": self.request.id}
+
+
+@ops_task(
+    bind=True,
+    idempotency_key="effect:{key}",
+    idempotency_mode="lease",
+    soft_time_limit=None,
+    time_limit=5,
+)
+def idem_lease_effect(self, key: str, hold: float = 0.0) -> dict:
+    Effect.objects.create(key=key, task_id=current_idempotency_key(), worker_pid=os.getpid())
+    time.sleep(hold)
+    return {"key": key, "task_id": self.request.id}
+
+
+@ops_task(bind=True, idempotency_key="kill:{key}", soft_time_limit=None, time_limit=20)
+def idem_atomic_kill_once(self, key: str, marker_dir: str) -> str:
+    # The effect is written, then the child dies: the rollback must take it back.
+    Effect.objects.create(key=key, task_id=self.request.id, worker_pid=os.getpid())
+    _kill_on_first_delivery(marker_dir, key)
+    return key
+
+
+@ops_task(
+    bind=True,
+    idempotency_key="kill:{key}",
+    idempotency_mode="lease",
+    soft_time_limit=None,
+    # Not shorter: billiard may notice a dead child only after a short hard time limit
+    # fired, and then reports the loss as TimeLimitExceeded (acked, not requeued).
+    time_limit=10,
+)
+def idem_lease_kill_once(self, key: str, marker_dir: str) -> str:
+    # The child dies holding the lease; the redelivery waits for the lease to expire.
+    _kill_on_first_delivery(marker_dir, key)
+    Effect.objects.create(key=key, task_id=self.request.id, worker_pid=os.getpid())
+    return key
+
+
+@ops_task(bind=True, idempotency_key="slow:{key}", soft_time_limit=None, time_limit=30)
+def idem_atomic_slow(self, key: str, seconds: float) -> str:
+    Effect.objects.create(key=key, task_id=self.request.id, worker_pid=os.getpid())
+    time.sleep(seconds)
+    return key
+
+
+@ops_task(
+    bind=True,
+    idempotency_key="slow:{key}",
+    idempotency_mode="lease",
+    soft_time_limit=None,
+    time_limit=8,
+)
+def idem_lease_slow(self, key: str, seconds: float) -> str:
+    Effect.objects.create(key=key, task_id=self.request.id, worker_pid=os.getpid())
+    time.sleep(seconds)
+    return key
+
+
+@ops_task(bind=True, idempotency_key=lambda order_id, **_: f"order:{order_id}")
+def idem_callable_key(self, order_id: int, note: str = "") -> str:
+    Effect.objects.create(key=f"order:{order_id}", task_id=self.request.id)
+    return f"{order_id}:{note}"
+
+
+@ops_task(bind=True, idempotency_key="fail:{key}")
+def idem_atomic_fail_first(self, key: str, marker_dir: str) -> str:
+    Effect.objects.create(key=key, task_id=self.request.id)
+    marker = Path(marker_dir) / key
+    if not marker.exists():
+        marker.touch()
+        raise ValueError("first run fails after its write")
+    return "second run"
+
+
+@ops_task(bind=True, idempotency_key="fail:{key}", idempotency_mode="lease")
+def idem_lease_fail_first(self, key: str, marker_dir: str) -> str:
+    Effect.objects.create(key=key, task_id=self.request.id)
+    marker = Path(marker_dir) / key
+    if not marker.exists():
+        marker.touch()
+        raise ValueError("first run fails")
+    return "second run"
+
+
+@ops_task(bind=True)
+def idem_header_only(self, key: str) -> str | None:
+    Effect.objects.create(key=key, task_id=self.request.id)
+    return current_idempotency_key()
+
+
+@ops_task(unique_for=60)
+def idem_unique(report: str) -> str:
+    Effect.objects.create(key=report)
+    return report
+
+
+@ops_task(acks_late=True, idempotency_key="bench:{n}")
+def bench_idempotent_noop(n: int) -> None:
+    return None
+
+
+@shared_task(acks_late=True)
+def bench_plain_noop(n: int) -> None:
+    return None

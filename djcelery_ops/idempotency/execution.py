@@ -1,0 +1,126 @@
+"""``run_idempotently``: what ``OpsTask.__call__`` does for a task with a key."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from celery import current_task
+from django.core.exceptions import ImproperlyConfigured
+from django.utils import timezone
+
+from djcelery_ops.conf import ops_settings
+from djcelery_ops.idempotency.claim import Claim, claim_lease, complete_lease, release, run_atomic
+from djcelery_ops.idempotency.keys import HEADER, header_key, key_from_option
+from djcelery_ops.idempotency.models import IdempotencyKey
+from djcelery_ops.ops.logs import log_event
+
+logger = logging.getLogger("djcelery_ops.idempotency")
+
+
+class IdempotencyKeyBusy(Exception):
+    """Another execution holds the key's lease (raised in eager mode; a worker retries)."""
+
+    def __init__(self, key: str, owner_task_id: str, retry_in: float) -> None:
+        super().__init__(key, owner_task_id, retry_in)  # picklable: args match __init__
+        self.key, self.owner_task_id, self.retry_in = key, owner_task_id, retry_in
+
+    def __str__(self) -> str:
+        return f"idempotency key {self.key!r} is held by task {self.owner_task_id}"
+
+
+def current_idempotency_key() -> str | None:
+    """The key of the running task, to pass downstream as its Idempotency-Key."""
+    task = current_task
+    return getattr(task.request, HEADER, None) if task else None
+
+
+def key_for_request(task: Any, args: Any, kwargs: Any) -> str | None:
+    """The per-call header wins over the task's ``idempotency_key`` option."""
+    return header_key(task.request) or key_from_option(task, args, kwargs)
+
+
+def lease_seconds(task: Any) -> float:
+    """The task's hard time limit (per call, else the task's) plus the margin."""
+    timelimit = getattr(task.request, "timelimit", None) or (None, None)
+    hard = timelimit[0] or task.time_limit or ops_settings.IDEMPOTENCY_DEFAULT_LEASE_SECONDS
+    return float(hard) + float(ops_settings.IDEMPOTENCY_LEASE_MARGIN_SECONDS)
+
+
+def run_idempotently(task: Any, args: Any, kwargs: Any, call: Callable[[], Any]) -> Any:
+    """Run ``call`` (the task body) at most once per key; a duplicate gets the stored result."""
+    request = task.request
+    if getattr(task, "unique_for", None):
+        from djcelery_ops.idempotency.unique import release_enqueue_lock
+
+        release_enqueue_lock(task, args, kwargs, request.id)
+    if request.called_directly:
+        return call()  # a plain function call, not a delivery
+    key = key_for_request(task, args, kwargs)
+    if key is None:
+        return call()
+    setattr(request, HEADER, key)  # noqa: B010 - the body reads it downstream
+    mode = task.idempotency_mode
+    owner = str(request.id or "")
+    if mode == IdempotencyKey.Mode.ATOMIC:
+        claim, result = run_atomic(key, task_name=task.name, owner_task_id=owner, body=call)
+        return result if claim.claimed else _duplicate(task, claim)
+    if mode == IdempotencyKey.Mode.LEASE:
+        return _run_leased(task, key, owner, call)
+    raise ImproperlyConfigured(f"idempotency_mode of {task.name} must be 'atomic' or 'lease'")
+
+
+def _run_leased(task: Any, key: str, owner: str, call: Callable[[], Any]) -> Any:
+    claim = claim_lease(
+        key, task_name=task.name, owner_task_id=owner, lease_seconds=lease_seconds(task)
+    )
+    if not claim.claimed:
+        return _duplicate(task, claim)
+    assert claim.token is not None
+    try:
+        result = call()
+    except BaseException:
+        release(key, claim.token)  # failed: a retry or a replay may claim it again
+        raise
+    if not complete_lease(key, claim.token, result):
+        logger.warning(
+            "idempotency key %s was taken over (lease expired) while task %s ran",
+            key, owner,
+        )  # fmt: skip
+    return result
+
+
+def _duplicate(task: Any, claim: Claim) -> Any:
+    existing = claim.existing
+    assert existing is not None
+    if existing.state == IdempotencyKey.State.DONE:
+        log_event(
+            "idempotency.duplicate_skipped",
+            task_id=task.request.id,
+            task_name=task.name,
+            idempotency_key=claim.key,
+            completed_by=existing.owner_task_id,
+            result_stored=existing.result_stored,
+        )
+        return existing.result
+    return _wait_for_holder(task, existing)
+
+
+def _wait_for_holder(task: Any, existing: IdempotencyKey) -> Any:
+    """The key is held by a live lease: come back when it ends (a retry with countdown)."""
+    expires = existing.lease_expires_at
+    remaining = (expires - timezone.now()).total_seconds() if expires else 1.0
+    countdown = min(max(remaining + 0.5, 1.0), lease_seconds(task))
+    busy = IdempotencyKeyBusy(existing.key, existing.owner_task_id, countdown)
+    log_event(
+        "idempotency.key_busy",
+        task_id=task.request.id,
+        task_name=task.name,
+        idempotency_key=existing.key,
+        held_by=existing.owner_task_id,
+        retry_in=round(countdown, 3),
+    )
+    if task.request.is_eager:
+        raise busy
+    raise task.retry(exc=busy, countdown=countdown, max_retries=None)

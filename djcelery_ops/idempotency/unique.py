@@ -1,0 +1,92 @@
+"""Enqueue-time uniqueness (``unique_for=`` seconds), an optional extra.
+
+A second ``apply_async`` of the same key while the first message is still pending (not
+yet started) is not published: it is logged and ``apply_async`` returns a
+``PendingDuplicate`` (an ``AsyncResult`` of the pending task). The lock is an
+``EnqueueLock`` row in the database, taken in one statement like a key claim; it works
+with any broker, disappears when the task starts and expires after ``unique_for`` seconds
+so a lost message cannot block the key for ever. It does not replace execution-time
+idempotency: a redelivered message was published once and is not seen here.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from celery.result import AsyncResult
+from django.db import connection
+
+from djcelery_ops.idempotency.claim import _clock, _seconds_param
+from djcelery_ops.idempotency.keys import HEADER, call_fingerprint, key_from_option, normalise_key
+from djcelery_ops.idempotency.models import EnqueueLock
+from djcelery_ops.ops.logs import log_event
+
+logger = logging.getLogger("djcelery_ops.idempotency")
+
+
+if TYPE_CHECKING:
+    _AsyncResultBase = AsyncResult[Any]
+else:  # AsyncResult is generic only in celery-types
+    _AsyncResultBase = AsyncResult
+
+
+class PendingDuplicate(_AsyncResultBase):
+    """Returned by ``apply_async`` instead of publishing: the pending task's result."""
+
+    duplicate = True
+
+
+def enqueue_key(task: Any, args: Any, kwargs: Any, headers: Any) -> str:
+    header = (headers or {}).get(HEADER) if isinstance(headers, dict) else None
+    key = header or key_from_option(task, args, kwargs)
+    return normalise_key("unique:" + (key or call_fingerprint(task.name, args, kwargs)))
+
+
+def acquire_enqueue_lock(key: str, task_id: str, seconds: float) -> str | None:
+    """Take the lock for ``task_id``; None when taken, else the pending task's id."""
+    table = connection.ops.quote_name(EnqueueLock._meta.db_table)
+    sql = f"""
+        INSERT INTO {table} (key, task_id, expires_at) VALUES (%s, %s, {_clock(True)})
+        ON CONFLICT (key) DO UPDATE SET task_id = excluded.task_id,
+            expires_at = excluded.expires_at
+        WHERE {table}.expires_at < {_clock()}
+        RETURNING task_id
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [key, task_id, _seconds_param(seconds)])
+        if cursor.fetchone() is not None:
+            return None
+    pending = EnqueueLock.objects.filter(key=key).values_list("task_id", flat=True).first()
+    return pending or ""
+
+
+def apply_async_unique(
+    task: Any, args: Any, kwargs: Any, options: dict[str, Any], publish: Callable[..., Any]
+) -> Any:
+    key = enqueue_key(task, args, kwargs, options.get("headers"))
+    task_id = options.get("task_id") or str(uuid.uuid4())
+    pending = acquire_enqueue_lock(key, task_id, float(task.unique_for))
+    if pending is not None:
+        log_event(
+            "unique.duplicate_dropped",
+            task_name=task.name,
+            unique_key=key,
+            pending_task_id=pending,
+        )
+        return PendingDuplicate(pending, app=task.app)
+    try:
+        return publish(**{**options, "task_id": task_id})
+    except BaseException:
+        EnqueueLock.objects.filter(key=key, task_id=task_id).delete()
+        raise
+
+
+def release_enqueue_lock(task: Any, args: Any, kwargs: Any, task_id: str | None) -> None:
+    """The message is no longer pending: let the next enqueue of the key through."""
+    if not task_id:
+        return
+    key = enqueue_key(task, args, kwargs, getattr(task.request, "headers", None))
+    EnqueueLock.objects.filter(key=key, task_id=task_id).delete()
