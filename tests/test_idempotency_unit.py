@@ -307,3 +307,18 @@ def test_claim__timestamps_are_recent():
     row = IdempotencyKey.objects.get(key="now")
     assert abs(row.created_at - timezone.now()) < timedelta(seconds=30)
     assert timedelta(seconds=50) < row.lease_expires_at - row.created_at <= timedelta(seconds=61)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_per_schedule_slot__a_slot_dispatched_twice_runs_once_and_other_calls_run_keyless():
+    from tests.testapp.models import ScheduleSlotRun
+    from tests.testapp.tasks import record_schedule_slot
+
+    slot = {"djcelery_ops_schedule_slot": "nightly@2026-11-23T02:00:00+00:00"}
+    first = record_schedule_slot.apply(headers=slot).get()
+    again = record_schedule_slot.apply(headers=slot).get()
+    assert first == again
+    assert ScheduleSlotRun.objects.filter(slot_key=slot["djcelery_ops_schedule_slot"]).count() == 1
+    record_schedule_slot.apply().get()
+    record_schedule_slot.apply().get()
+    assert ScheduleSlotRun.objects.filter(slot_key="").count() == 2

@@ -11,6 +11,8 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 
 HEADER = "idempotency_key"
+# Set by LockedDatabaseScheduler on every periodic dispatch: "<schedule name>@<slot time>".
+SCHEDULE_SLOT_HEADER = "djcelery_ops_schedule_slot"
 MAX_KEY_LENGTH = 255
 
 
@@ -19,13 +21,30 @@ def idempotency_headers(key: str) -> dict[str, str]:
     return {HEADER: key}
 
 
+def per_schedule_slot(*args: Any, **kwargs: Any) -> str | None:
+    """An ``idempotency_key`` for periodic tasks: one run per schedule slot.
+
+    ``@ops_task(idempotency_key=per_schedule_slot)``: a slot beat dispatches again after a
+    crash (``last_run_at`` was not saved yet) has the same key and does not run twice. Calls
+    not sent by beat carry no slot and run without a key.
+    """
+    from celery import current_task
+
+    return request_header(current_task.request, SCHEDULE_SLOT_HEADER) if current_task else None
+
+
+def request_header(request: Any, name: str) -> str | None:
+    """A message header: a request attribute in the worker, in ``headers`` in ``apply()``."""
+    headers = getattr(request, "headers", None)
+    if isinstance(headers, Mapping) and headers.get(name):
+        return str(headers[name])
+    value = getattr(request, name, None)
+    return str(value) if value else None
+
+
 def header_key(request: Any) -> str | None:
     """The key a publisher put in the message headers, in the worker or in ``apply()``."""
-    headers = getattr(request, "headers", None)
-    if isinstance(headers, Mapping) and headers.get(HEADER):
-        return str(headers[HEADER])
-    value = getattr(request, HEADER, None)
-    return str(value) if value else None
+    return request_header(request, HEADER)
 
 
 def key_option(task: Any) -> Any:

@@ -29,11 +29,11 @@ from django_celery_beat.models import PeriodicTask
 from django_celery_beat.schedulers import DatabaseScheduler
 
 from djcelery_ops.conf import ops_settings
+from djcelery_ops.idempotency.keys import SCHEDULE_SLOT_HEADER as SLOT_HEADER
 from djcelery_ops.schedules import leader
 
 logger = logging.getLogger(__name__)
 
-SLOT_HEADER = "djcelery_ops_schedule_slot"
 RETRY_RENEW_SECONDS = 1.0
 
 

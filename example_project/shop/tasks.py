@@ -11,6 +11,7 @@ from django.db.models import Count, Sum
 from django.utils import timezone
 
 from djcelery_ops import PermanentError, ops_task
+from djcelery_ops.idempotency.keys import per_schedule_slot
 
 from .models import DailyReport, Payment, ProviderCharge, WebhookDelivery
 
@@ -64,9 +65,9 @@ def charge_payment(payment_id: int) -> str:
     return charge_id
 
 
-@ops_task
+@ops_task(idempotency_key=per_schedule_slot)
 def nightly_report(day: str | None = None) -> dict[str, int]:
-    """Aggregate yesterday's charged payments into a DailyReport (rerunnable)."""
+    """Aggregate yesterday's charged payments into a DailyReport, once per schedule slot."""
     report_day = (
         datetime.date.fromisoformat(day) if day else timezone.localdate() - datetime.timedelta(1)
     )

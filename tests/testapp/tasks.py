@@ -10,6 +10,7 @@ from celery.exceptions import Reject
 
 from djcelery_ops import PermanentError, TransientError, ops_task
 from djcelery_ops.idempotency.execution import current_idempotency_key
+from djcelery_ops.idempotency.keys import SCHEDULE_SLOT_HEADER, per_schedule_slot, request_header
 
 from .models import Effect, ScheduleSlotRun
 
@@ -146,11 +147,15 @@ def plain_add(x: int, y: int) -> int:
 # --- Periodic jobs: what beat dispatched, per schedule slot ----------------------------------
 
 
-@shared_task(bind=True)
+@ops_task(bind=True, idempotency_key=per_schedule_slot)
 def record_schedule_slot(self, label: str = "") -> int:
-    """Record the schedule-slot header beat put on this run; tests count runs per slot."""
+    """Record the schedule-slot header beat put on this run; tests count runs per slot.
+
+    A slot dispatched again (a leader killed between publishing and saving last_run_at)
+    carries the same key: the row is written once, in the key's transaction.
+    """
     run = ScheduleSlotRun.objects.create(
-        slot_key=self.request.get("djcelery_ops_schedule_slot") or "",
+        slot_key=request_header(self.request, SCHEDULE_SLOT_HEADER) or "",
         periodic_task_name=self.request.get("periodic_task_name") or "",
         label=label,
         task_id=self.request.id,
