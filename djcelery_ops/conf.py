@@ -33,6 +33,12 @@ class OpsSettings:
     DEAD_LETTER_SPOOL_DIR: str | None = None
     DEAD_LETTER_CAPTURE_ALL_TASKS: bool = True
 
+    # Replay, discard and purge of dead letters.
+    DEAD_LETTER_CELERY_APP: str | None = None
+    DEAD_LETTER_REPLAY_BATCH_SIZE: int = 1000
+    DEAD_LETTER_PURGE_BATCH_SIZE: int = 1000
+    DEAD_LETTER_CANARY_TIMEOUT: float = 300
+
     def __getattribute__(self, name: str) -> Any:
         default = object.__getattribute__(self, name)
         if not name.isupper():

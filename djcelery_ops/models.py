@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from djcelery_ops.deadletter.models import DeadLetter, DeliveryCount
+from djcelery_ops.deadletter.models import DeadLetter, DeliveryCount, Discard, Replay
 
-__all__ = ["DeadLetter", "DeliveryCount"]
+__all__ = ["DeadLetter", "DeliveryCount", "Discard", "Replay"]
