@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from io import StringIO
+
 import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
 
 from djcelery_ops.deadletter.replay import replay
 from djcelery_ops.models import DeadLetter, Replay
@@ -53,3 +57,52 @@ def test_replayed_task_that_fails_again__is_a_new_dead_letter_linked_to_its_repl
     assert row.outcome == Replay.Outcome.FAILED
     assert DeadLetter.objects.get(pk=letter.pk).status == DeadLetter.Status.REPLAYED
     assert again.status == DeadLetter.Status.PENDING
+
+
+def _letters(queue: str, task: str, args: list, count: int) -> list[DeadLetter]:
+    return [
+        dead_letter(task_name=f"tests.testapp.tasks.{task}", args=args, kwargs={},
+                    options={"queue": queue})
+        for _ in range(count)
+    ]  # fmt: skip
+
+
+def test_command_canary_that_fails_again__stops_with_exit_2_and_the_rest_stays_pending(
+    worker, celery_queue
+):
+    _letters(celery_queue, "ops_raise", ["nope"], 3)
+    with pytest.raises(CommandError) as caught:
+        call_command(
+            "replay_dead_letters", "--canary=1", "--canary-timeout=60", "--reason=canary",
+            stdout=StringIO(),
+        )  # fmt: skip
+    assert caught.value.returncode == 2
+    assert str(caught.value).startswith("Stopped: 1 of 1 canary replays failed again.")
+    assert Replay.objects.get().outcome == Replay.Outcome.FAILED
+    assert DeadLetter.objects.filter(replay_of__isnull=True, status="pending").count() == 2
+
+
+def test_command_canary_that_succeeds__replays_the_rest(worker, celery_queue):
+    _letters(celery_queue, "ops_add", [2, 3], 3)
+    out = StringIO()
+    call_command(
+        "replay_dead_letters", "--canary=1", "--canary-timeout=60", "--reason=canary",
+        stdout=out,
+    )  # fmt: skip
+    lines = out.getvalue().splitlines()
+    assert lines[:3] == ["Replayed 1/3 (skipped 0)", "Canary: 1 replays succeeded.",
+                         "Replayed 3/3 (skipped 0)"]  # fmt: skip
+    wait_until(lambda: DeadLetter.objects.filter(status="resolved").count() == 3)
+
+
+def test_command_max_failure_rate__stops_the_run_with_exit_2(worker, celery_queue):
+    _letters(celery_queue, "ops_raise", ["nope"], 4)
+    with pytest.raises(CommandError) as caught:
+        call_command(
+            "replay_dead_letters", "--batch-size=2", "--max-failure-rate=50%",
+            "--canary-timeout=60", "--reason=guarded", stdout=StringIO(),
+        )  # fmt: skip
+    assert caught.value.returncode == 2
+    assert "2 of 2 finished replays failed again (over 50%)." in str(caught.value)
+    assert Replay.objects.count() == 2
+    assert DeadLetter.objects.filter(replay_of__isnull=True, status="pending").count() == 2
