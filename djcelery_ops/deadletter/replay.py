@@ -262,7 +262,8 @@ def replay(
             _count_skipped(outcome, chunk, claimed, editable)
             if not claimed:
                 continue
-            letters = list(DeadLetter.objects.filter(pk__in=claimed).order_by("pk"))
+            rows = DeadLetter.objects.filter(pk__in=claimed).order_by("pk")
+            letters = list(rows.defer("traceback", "exception_message"))
             replays = [
                 Replay(
                     dead_letter=letter,
