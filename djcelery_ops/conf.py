@@ -63,6 +63,12 @@ class OpsSettings:
     IDEMPOTENCY_RESULT_MAX_BYTES: int = 64 * 1024
     IDEMPOTENCY_KEY_TTL_SECONDS: float | None = None
 
+    # Replay, discard and purge of dead letters.
+    DEAD_LETTER_CELERY_APP: str | None = None
+    DEAD_LETTER_REPLAY_BATCH_SIZE: int = 1000
+    DEAD_LETTER_PURGE_BATCH_SIZE: int = 1000
+    DEAD_LETTER_CANARY_TIMEOUT: float = 300
+
     def __getattribute__(self, name: str) -> Any:
         default = object.__getattribute__(self, name)
         if not name.isupper():

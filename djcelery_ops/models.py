@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from djcelery_ops.deadletter.models import DeadLetter, DeliveryCount
+from djcelery_ops.deadletter.models import DeadLetter, DeliveryCount, Discard, Replay
 from djcelery_ops.idempotency.models import EnqueueLock, IdempotencyKey
 from djcelery_ops.runs.models import TaskRun
 from djcelery_ops.schedules.models import ManagedSchedule, SchedulerLease
@@ -10,9 +10,11 @@ from djcelery_ops.schedules.models import ManagedSchedule, SchedulerLease
 __all__ = [
     "DeadLetter",
     "DeliveryCount",
+    "Discard",
     "EnqueueLock",
     "IdempotencyKey",
     "ManagedSchedule",
+    "Replay",
     "SchedulerLease",
     "TaskRun",
 ]

@@ -11,7 +11,7 @@ from typing import Any
 from celery import signals
 
 from djcelery_ops.conf import ops_settings
-from djcelery_ops.deadletter.record import QUEUE_HEADER
+from djcelery_ops.deadletter.record import QUEUE_HEADER, REPLAY_HEADER
 
 
 def connect_signals() -> None:
@@ -20,6 +20,7 @@ def connect_signals() -> None:
     signals.task_unknown.connect(capture_unknown_task, dispatch_uid="djops.task_unknown")
     signals.task_rejected.connect(capture_rejected_message, dispatch_uid="djops.task_rejected")
     signals.worker_ready.connect(ingest_spool_at_start, dispatch_uid="djops.spool_at_start")
+    signals.task_success.connect(resolve_replayed_task, dispatch_uid="djops.replay_success")
     connect_run_signals()
 
 
@@ -122,6 +123,19 @@ def capture_rejected_message(
 ) -> None:
     """A message the worker could not accept (disallowed content type, invalid task)."""
     _capture_message(sender, message, exc, "rejected_message")
+
+
+def resolve_replayed_task(sender: Any = None, **kwargs: Any) -> None:
+    """A replayed task succeeded: resolve its dead letter. Other tasks return at once."""
+    request = getattr(sender, "request", None)
+    if request is None:
+        return
+    headers = getattr(request, "headers", None) or {}
+    if getattr(request, REPLAY_HEADER, None) is None and REPLAY_HEADER not in headers:
+        return
+    from djcelery_ops.deadletter.lineage import record_replay_success
+
+    record_replay_success(request)
 
 
 def ingest_spool_at_start(**kwargs: Any) -> None:

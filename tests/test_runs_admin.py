@@ -21,6 +21,7 @@ from django.utils import timezone
 from djcelery_ops.models import TaskRun
 from djcelery_ops.runs import charts
 from tests.factories import dead_letter
+from tests.utils import skip_without_browser
 
 pytestmark = pytest.mark.django_db
 State = TaskRun.State
@@ -183,7 +184,7 @@ def png_size(path: Path) -> tuple[int, int]:
 def test_dashboard__renders_in_headless_chromium(staff_client, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
-        pytest.skip("chromium is not installed (Debian package `chromium`)")
+        skip_without_browser("chromium is not installed (Debian package `chromium`)")
     seed_dashboard_runs()
     html = page(staff_client, reverse(DASHBOARD))
     # The admin's own CSS from Django's package: the page loads nothing over the network.

@@ -21,3 +21,18 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(interval)
+
+
+def skip_without_browser(reason: str) -> None:
+    """Skip a browser test where no Chromium is installed; fail instead where CI demands one.
+
+    ``.ci/run`` installs Debian's chromium and sets DJCELERY_OPS_REQUIRE_BROWSER=1, so a
+    browser test can never be silently skipped there.
+    """
+    import os
+
+    import pytest
+
+    if os.environ.get("DJCELERY_OPS_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"{reason}, and DJCELERY_OPS_REQUIRE_BROWSER=1")
+    pytest.skip(reason)

@@ -1,16 +1,31 @@
-"""Read-only admin of dead letters: filter, search, inspect. Replay has its own actions."""
+"""Admin of dead letters: read-only fields; replay and discard through the service.
+
+Replay and discard go through a confirmation page that asks for a reason (template chain
+``admin/<app>/<model>/action_confirmation.html``, then ``admin/<app>/...``, overridable
+like Django's ``delete_selected``). "Edit and replay" and the grouped view are extra URLs.
+"""
 
 from __future__ import annotations
 
 import json
 from typing import TYPE_CHECKING, Any
 
-from django.contrib import admin
-from django.http import HttpRequest
-from django.utils.html import format_html
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.admin.models import CHANGE, LogEntry
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 
+from djcelery_ops.deadletter import replay as service
+from djcelery_ops.deadletter.forms import EditReplayForm, ReasonForm
 from djcelery_ops.deadletter.models import DeadLetter
 
 if TYPE_CHECKING:
@@ -62,7 +77,12 @@ class DeadLetterAdmin(_DeadLetterAdminBase):
             },
         ),
         (_("Grouping"), {"fields": ["fingerprint", "first_failed_at", "last_failed_at"]}),
+        (_("Lineage"), {"fields": ["replay_of_link", "lineage"]}),
     ]
+    actions = ["replay_selected", "discard_selected"]
+    change_list_template = "admin/djcelery_ops/deadletter/change_list.html"
+    change_form_template = "admin/djcelery_ops/deadletter/change_form.html"
+    action_confirmation_template: str | None = None
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -96,3 +116,213 @@ class DeadLetterAdmin(_DeadLetterAdminBase):
     @admin.display(description=_("traceback"))
     def pretty_traceback(self, obj: DeadLetter) -> SafeString:
         return format_html("<pre>{}</pre>", obj.traceback)
+
+    @admin.display(description=_("replay of"))
+    def replay_of_link(self, obj: DeadLetter) -> str:
+        if obj.replay_of is None:
+            return "-"
+        url = reverse("admin:djcelery_ops_deadletter_change", args=[obj.replay_of.dead_letter_id])
+        return format_html('<a href="{}">{}</a>', url, obj.replay_of.dead_letter_id)
+
+    @admin.display(description=_("replays"))
+    def lineage(self, obj: DeadLetter) -> str:
+        rows = obj.replays.order_by("created_at").values_list(
+            "created_at", "by", "reason", "new_task_id", "outcome", "edits"
+        )
+        if not rows:
+            return "-"
+        return format_html(
+            "<table><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>"
+            "{}</table>",
+            _("when"), _("by"), _("reason"), _("new task id"), _("outcome"), _("edits"),
+            format_html_join(
+                "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                ((when, by, why, task_id, outcome, json.dumps(edits) if edits else "")
+                 for when, by, why, task_id, outcome, edits in rows),
+            ),
+        )  # fmt: skip
+
+    # --- permissions of the custom actions ---------------------------------------------
+
+    def has_replay_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("djcelery_ops.replay_deadletter")
+
+    def has_discard_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("djcelery_ops.discard_deadletter")
+
+    # --- actions: both go through the confirmation page ----------------------------------
+
+    @admin.action(description=_("Replay selected dead letters"), permissions=["replay"])
+    def replay_selected(
+        self, request: HttpRequest, queryset: QuerySet[DeadLetter]
+    ) -> HttpResponse | None:
+        return self._confirm(request, queryset, "replay", "replay_selected")
+
+    @admin.action(description=_("Discard selected dead letters"), permissions=["discard"])
+    def discard_selected(
+        self, request: HttpRequest, queryset: QuerySet[DeadLetter]
+    ) -> HttpResponse | None:
+        return self._confirm(request, queryset, "discard", "discard_selected")
+
+    def _confirm(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[DeadLetter],
+        verb: str,
+        action: str | None,
+        group: str | None = None,
+    ) -> HttpResponse | None:
+        """The confirmation page; on its POST with a reason, do it and return None."""
+        form = ReasonForm(request.POST if request.POST.get("post") == "yes" else None)
+        if form.is_bound and form.is_valid():
+            self._perform(request, queryset, verb, form.cleaned_data["reason"])
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Replay dead letters?") if verb == "replay" else _("Discard dead letters?"),
+            "verb": verb,
+            "plan": service.plan(queryset, action=verb),
+            "form": form,
+            "opts": self.model._meta,
+            "action": action,
+            "group": group,
+            "select_across": request.POST.get("select_across") == "1",
+            "selected": [str(pk) for pk in request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)],
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "media": self.media,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, self._confirmation_templates(), context)
+
+    def _confirmation_templates(self) -> list[str]:
+        opts = self.model._meta
+        if self.action_confirmation_template:
+            return [self.action_confirmation_template]
+        return [
+            f"admin/{opts.app_label}/{opts.model_name}/action_confirmation.html",
+            f"admin/{opts.app_label}/action_confirmation.html",
+        ]
+
+    def _perform(
+        self, request: HttpRequest, queryset: QuerySet[DeadLetter], verb: str, reason: str
+    ) -> None:
+        by = request.user
+        try:
+            if verb == "replay":
+                outcome = service.replay(queryset, by=by, reason=reason)  # type: ignore[arg-type]
+                template = ngettext(
+                    "Replayed %(count)d dead letter.", "Replayed %(count)d dead letters.",
+                    outcome.done,
+                )  # fmt: skip
+            else:
+                outcome = service.discard(queryset, by=by, reason=reason)  # type: ignore[arg-type]
+                template = ngettext(
+                    "Discarded %(count)d dead letter.", "Discarded %(count)d dead letters.",
+                    outcome.done,
+                )  # fmt: skip
+        except service.ReplayError as error:
+            self.message_user(request, str(error), messages.ERROR)
+            return
+        self.message_user(request, template % {"count": outcome.done}, messages.SUCCESS)
+        self._report_skipped(request, outcome)
+        self._log(request, outcome.dead_letter_ids, f"{verb}: {reason}")
+
+    def _report_skipped(self, request: HttpRequest, outcome: service.Outcome) -> None:
+        skipped = sum(outcome.skipped.values())
+        if skipped:
+            details = ", ".join(f"{why} {n}" for why, n in sorted(outcome.skipped.items()))
+            text = ngettext(
+                "Skipped %(count)d dead letter: %(details)s.",
+                "Skipped %(count)d dead letters: %(details)s.",
+                skipped,
+            )
+            self.message_user(
+                request, text % {"count": skipped, "details": details}, messages.WARNING
+            )
+
+    def _log(self, request: HttpRequest, ids: list[int], message: str) -> None:
+        if ids and request.user.pk is not None:
+            LogEntry.objects.log_actions(
+                user_id=request.user.pk,
+                queryset=DeadLetter.objects.filter(pk__in=ids),
+                action_flag=CHANGE,
+                change_message=message,
+            )
+
+    # --- extra views: edit and replay, groups ---------------------------------------------
+
+    def get_urls(self) -> list[URLPattern]:
+        wrap = self.admin_site.admin_view
+        extra = [
+            path("groups/", wrap(self.groups_view), name="djcelery_ops_deadletter_groups"),
+            path(
+                "groups/<str:verb>/",
+                wrap(self.group_action_view),
+                name="djcelery_ops_deadletter_group_action",
+            ),
+            path(
+                "<path:object_id>/replay/",
+                wrap(self.edit_and_replay_view),
+                name="djcelery_ops_deadletter_edit_replay",
+            ),
+        ]
+        return extra + super().get_urls()
+
+    def groups_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        groups = DeadLetter.objects.pending().by_fingerprint()[:500]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Pending dead letters by failure group"),
+            "opts": self.model._meta,
+            "groups": groups,
+            "can_replay": self.has_replay_permission(request),
+            "can_discard": self.has_discard_permission(request),
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/djcelery_ops/deadletter/groups.html", context)
+
+    def group_action_view(self, request: HttpRequest, verb: str) -> HttpResponse:
+        allowed = {"replay": self.has_replay_permission, "discard": self.has_discard_permission}
+        if verb not in allowed or not allowed[verb](request):
+            raise PermissionDenied
+        fingerprint = request.GET.get("fingerprint", "")
+        queryset = service.Selection(fingerprint=fingerprint).queryset()
+        response = self._confirm(request, queryset, verb, None, group=fingerprint)
+        return response or HttpResponseRedirect(reverse("admin:djcelery_ops_deadletter_groups"))
+
+    def edit_and_replay_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        if not self.has_replay_permission(request):
+            raise PermissionDenied
+        letter = get_object_or_404(DeadLetter, pk=object_id)
+        change_url = reverse("admin:djcelery_ops_deadletter_change", args=[letter.pk])
+        initial = {"args": json.dumps(letter.args), "kwargs": json.dumps(letter.kwargs)}
+        form = EditReplayForm(request.POST or None, initial=initial)
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            try:
+                outcome = service.replay(
+                    [letter], by=request.user, reason=data["reason"],  # type: ignore[arg-type]
+                    args=data["args"], kwargs=data["kwargs"], queue=data["queue"] or None,
+                )  # fmt: skip
+            except service.ReplayError as error:
+                self.message_user(request, str(error), messages.ERROR)
+                return HttpResponseRedirect(change_url)
+            if outcome.done:
+                self.message_user(request, _("Replayed with the edited arguments."))
+                self._log(request, outcome.dead_letter_ids, f"edit and replay: {data['reason']}")
+            self._report_skipped(request, outcome)
+            return HttpResponseRedirect(change_url)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Edit and replay"),
+            "opts": self.model._meta,
+            "original": letter,
+            "form": form,
+            "media": self.media + form.media,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(
+            request, "admin/djcelery_ops/deadletter/edit_and_replay.html", context
+        )

@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Count, Max, Min, Sum
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 
@@ -88,6 +90,15 @@ class DeadLetter(models.Model):
         _("status"), max_length=16, choices=Status.choices, default=Status.PENDING
     )
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+    replay_of = models.ForeignKey(
+        "Replay",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="failures",
+        verbose_name=_("replay of"),
+        help_text=_("The replay whose task failed again as this dead letter."),
+    )
 
     objects = DeadLetterQuerySet.as_manager()
 
@@ -125,3 +136,78 @@ class DeliveryCount(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task_id}: {self.deliveries}"
+
+
+class Replay(models.Model):
+    """Lineage of one replay: which dead letter, who, when, why, what was edited, outcome.
+
+    The new task id links the replayed message back here: its success resolves the dead
+    letter, and its final failure is a new dead letter whose ``replay_of`` points here.
+    """
+
+    class Outcome(models.TextChoices):
+        PENDING = "pending", _("pending")
+        SUCCEEDED = "succeeded", _("succeeded")
+        FAILED = "failed", _("failed")
+
+    dead_letter = models.ForeignKey(
+        DeadLetter, on_delete=models.CASCADE, related_name="replays", verbose_name=_("dead letter")
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("user"),
+    )
+    by = models.CharField(_("by"), max_length=255)
+    reason = models.TextField(_("reason"))
+    created_at = models.DateTimeField(_("replayed at"), default=timezone.now)
+    run_id = models.CharField(_("run id"), max_length=32, db_index=True)
+    edits = models.JSONField(
+        _("edits"),
+        default=dict,
+        blank=True,
+        help_text=_("Arguments and queue the operator changed: {field: {old, new}}."),
+    )
+    new_task_id = models.CharField(_("new task id"), max_length=255, unique=True)
+    outcome = models.CharField(
+        _("outcome"), max_length=16, choices=Outcome.choices, default=Outcome.PENDING
+    )
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("replay")
+        verbose_name_plural = _("replays")
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"replay of {self.dead_letter_id} as {self.new_task_id} ({self.outcome})"
+
+
+class Discard(models.Model):
+    """Who discarded a dead letter, when and why."""
+
+    dead_letter = models.ForeignKey(
+        DeadLetter, on_delete=models.CASCADE, related_name="discards", verbose_name=_("dead letter")
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("user"),
+    )
+    by = models.CharField(_("by"), max_length=255)
+    reason = models.TextField(_("reason"))
+    created_at = models.DateTimeField(_("discarded at"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("discard")
+        verbose_name_plural = _("discards")
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"discard of {self.dead_letter_id} by {self.by}"

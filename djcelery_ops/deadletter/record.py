@@ -18,6 +18,8 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
 
 QUEUE_HEADER = "djcelery_ops_queue"
+# Set on a replayed message: the id of the dead letter it replays (see deadletter.lineage).
+REPLAY_HEADER = "djcelery_ops_replay_of"
 
 # Keys of a Celery request that are protocol or worker state, not headers a publisher set.
 CELERY_REQUEST_KEYS = frozenset(

@@ -58,6 +58,8 @@ def capped_payload(args: Any, kwargs: Any) -> tuple[Any, Any, bool]:
 
 def store_record(record: FailureRecord) -> DeadLetter:
     """Insert the dead letter, or count one more occurrence of the same task id."""
+    from djcelery_ops.deadletter.lineage import failed_replay
+
     args, kwargs, truncated = capped_payload(record.args, record.kwargs)
     failed_at = record.failed_at_datetime
     latest = {
@@ -72,6 +74,8 @@ def store_record(record: FailureRecord) -> DeadLetter:
     }
     for _attempt in range(2):
         with transaction.atomic():
+            # A replayed task failing for good links its new dead letter to the replay.
+            latest["replay_of"] = failed_replay(record.task_id, record.options.get("headers"))
             rows = DeadLetter.objects.filter(task_id=record.task_id)
             if rows.update(occurrences=F("occurrences") + 1, **latest):
                 return rows.get()

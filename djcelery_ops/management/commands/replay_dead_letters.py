@@ -1,0 +1,197 @@
+"""``manage.py replay_dead_letters``: republish pending dead letters, guarded.
+
+Exit codes: 0 done (or nothing to do), 1 bad input, 2 stopped by a guard (canary failed
+or timed out, failure rate over ``--max-failure-rate``), 3 publishing failed (broker).
+A second run after an interrupt continues: replayed rows are no longer pending.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+import uuid
+from argparse import ArgumentParser
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from djcelery_ops.conf import ops_settings
+from djcelery_ops.deadletter.replay import Outcome, ReplayError, plan, replay
+from djcelery_ops.management.commands import _dead_letters as common
+from djcelery_ops.models import Replay
+
+_RATE = re.compile(r"^(\d+(?:\.\d+)?)(?:/(s|m))?$")
+POLL_INTERVAL = 0.5
+
+
+def parse_rate(text: str | None) -> float | None:
+    """``N/s`` or ``N/m`` (or a bare N per second) as messages per second."""
+    if text is None:
+        return None
+    match = _RATE.match(text.strip())
+    if not match or float(match.group(1)) <= 0:
+        raise CommandError(f"--rate: {text!r} is not a positive rate like 50/s or 600/m.")
+    return float(match.group(1)) / (60 if match.group(2) == "m" else 1)
+
+
+def parse_fraction(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 1 or math.isnan(value):
+        raise CommandError(f"--max-failure-rate: {text!r} is not a fraction in [0, 1) or 0-99%.")
+    return value
+
+
+class GuardStop(Exception):
+    pass
+
+
+class Command(BaseCommand):
+    help = "Replay pending dead letters as new tasks (guarded, resumable, rate-limited)."
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        common.add_filter_arguments(parser)
+        common.add_actor_arguments(parser)
+        parser.add_argument("--rate", help="At most this many publishes: 50/s or 600/m.")
+        parser.add_argument("--canary", help="Replay this many first and wait for outcomes.")
+        parser.add_argument("--canary-timeout", help="Seconds to wait for outcomes.")
+        parser.add_argument(
+            "--max-failure-rate",
+            help="Stop when more than this fraction of finished replays failed again "
+            "(0.1 or 10%%); each batch then waits for its outcomes.",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        selection = common.selection_from_options(options)
+        by = common.actor_from_options(options)
+        batch_size = common.parse_positive_int(options["batch_size"], "--batch-size")
+        rate = parse_rate(options["rate"])
+        canary = common.parse_positive_int(options["canary"], "--canary")
+        max_failure_rate = parse_fraction(options["max_failure_rate"])
+        timeout = self._timeout(options["canary_timeout"])
+        rows = selection.queryset(status=None if selection.ids else "pending")
+        if options["dry_run"]:
+            for line in common.plan_lines("replay", plan(rows)):
+                self.stdout.write(line)
+            return
+        ids = list(rows.values_list("pk", flat=True))
+        if not ids:
+            self.stdout.write("No pending dead letters match.")
+            return
+        size = batch_size or ops_settings.DEAD_LETTER_REPLAY_BATCH_SIZE
+        if rate is not None:
+            size = min(size, max(1, math.floor(rate)))  # bursts of at most one second
+        run = _Run(self, ids, by, options["reason"], size, rate, timeout)
+        try:
+            run.go(canary, max_failure_rate)
+        except GuardStop as stop:
+            raise CommandError(
+                f"Stopped: {stop} {run.summary()}", returncode=common.EXIT_STOPPED_BY_GUARD
+            ) from None
+        except ReplayError as error:
+            raise CommandError(
+                f"Stopped: {error}; those rows stay pending. {run.summary()}",
+                returncode=common.EXIT_PUBLISH_FAILED,
+            ) from None
+        self.stdout.write(run.summary())
+
+    def _timeout(self, text: str | None) -> float:
+        if text is None:
+            return float(ops_settings.DEAD_LETTER_CANARY_TIMEOUT)
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1
+        if not 0 < value <= 86400:
+            raise CommandError(f"--canary-timeout: {text!r} is not seconds in (0, 86400].")
+        return value
+
+
+class _Run:
+    """One run of the command: batches, throttle, canary and failure-rate guards."""
+
+    def __init__(
+        self,
+        command: Command,
+        ids: list[int],
+        by: str,
+        reason: str,
+        size: int,
+        rate: float | None,
+        timeout: float,
+    ) -> None:
+        self.command, self.ids, self.by, self.reason = command, ids, by, reason
+        self.size, self.rate, self.timeout = size, rate, timeout
+        self.total = Outcome(run_id=uuid.uuid4().hex)
+        self.started = time.monotonic()
+
+    def go(self, canary: int | None, max_failure_rate: float | None) -> None:
+        position = 0
+        if canary:
+            position = min(canary, len(self.ids))
+            part = self._batch(self.ids[:position])
+            self._wait_for_outcomes(part, "canary")
+            failed = self._failed(part.new_task_ids)
+            if failed:
+                raise GuardStop(f"{failed} of {part.done} canary replays failed again.")
+            self.command.stdout.write(f"Canary: {part.done} replays succeeded.")
+        while position < len(self.ids):
+            part = self._batch(self.ids[position : position + self.size])
+            position += self.size
+            if max_failure_rate is not None:
+                self._wait_for_outcomes(part, "batch")
+                self._check_failure_rate(max_failure_rate)
+
+    def _batch(self, ids: list[int]) -> Outcome:
+        part = replay(
+            ids, by=self.by, reason=self.reason, batch_size=self.size, run_id=self.total.run_id
+        )
+        common.merge(self.total, part)
+        skipped = sum(self.total.skipped.values())
+        self.command.stdout.write(f"Replayed {self.total.done}/{len(self.ids)} (skipped {skipped})")
+        self._throttle()
+        return part
+
+    def _throttle(self) -> None:
+        if self.rate is None:
+            return
+        ahead = self.total.done / self.rate - (time.monotonic() - self.started)
+        if ahead > 0:
+            time.sleep(ahead)
+
+    def _wait_for_outcomes(self, part: Outcome, what: str) -> None:
+        deadline = time.monotonic() + self.timeout
+        pending = Replay.objects.filter(
+            new_task_id__in=part.new_task_ids, outcome=Replay.Outcome.PENDING
+        )
+        while pending.exists():
+            if time.monotonic() > deadline:
+                raise GuardStop(
+                    f"{pending.count()} {what} replays had no outcome after {self.timeout:g}s."
+                )
+            time.sleep(POLL_INTERVAL)
+
+    def _failed(self, task_ids: list[str]) -> int:
+        return Replay.objects.filter(
+            new_task_id__in=task_ids, outcome=Replay.Outcome.FAILED
+        ).count()
+
+    def _check_failure_rate(self, limit: float) -> None:
+        rows = Replay.objects.filter(run_id=self.total.run_id)
+        finished = rows.exclude(outcome=Replay.Outcome.PENDING).count()
+        failed = rows.filter(outcome=Replay.Outcome.FAILED).count()
+        if finished and failed / finished > limit:
+            raise GuardStop(
+                f"{failed} of {finished} finished replays failed again (over {limit:.0%})."
+            )
+
+    def summary(self) -> str:
+        done = self.total.done
+        lines = [f"Replayed {done} dead letter{'s' * (done != 1)} (run {self.total.run_id})."]
+        lines += common.skipped_lines(dict(self.total.skipped))
+        return "\n".join(lines)
