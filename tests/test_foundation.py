@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import io
 
 import pytest
@@ -9,7 +10,10 @@ from django.core.management import call_command
 from django.test import override_settings
 
 from djcelery_ops.conf import OpsSettings
+from djcelery_ops.models import DeadLetter
 from djcelery_ops.ops.checks import check_required_apps
+from djcelery_ops.ops.retention import delete_in_batches, parse_duration
+from tests.factories import dead_letter
 from tests.testapp.models import Effect
 from tests.testapp.tasks import record_effect
 from tests.utils import wait_until
@@ -102,3 +106,16 @@ def test_ingest_command__dry_run_counts_then_ingests(settings, tmp_path, db):
     assert out.getvalue() == f"Ingested 1 spooled dead letters; 1 left in {tmp_path}.\n"
     assert "could not be read" in err.getvalue()
     assert DeadLetter.objects.get().task_id == "spooled-1"
+
+
+def test_retention__durations_and_batched_deletes(db):
+    assert parse_duration("90s") == datetime.timedelta(seconds=90)
+    assert parse_duration(" 2w ") == datetime.timedelta(weeks=2)
+    for bad in ["", "0d", "-1d", "3.5h", "14y", "1234567d", "1d; DROP TABLE x"]:
+        with pytest.raises(ValueError, match="is not a positive duration"):
+            parse_duration(bad, "--since")
+    for n in range(5):
+        dead_letter(task_id=f"r-{n}")
+    rows = DeadLetter.objects.filter(task_id__in=["r-0", "r-1", "r-2", "r-3"])
+    assert list(delete_in_batches(rows, 3)) == [3, 4]
+    assert list(DeadLetter.objects.values_list("task_id", flat=True)) == ["r-4"]

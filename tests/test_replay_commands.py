@@ -202,7 +202,7 @@ def test_purge__dry_run_then_batches_and_bad_status():
         (["--older-than=30d", "--status=pending"], "--status: pending cannot be purged"),
         (["--older-than=30d", "--status=bogus,resolved"], "--status: bogus cannot be purged"),
         (["--older-than=30d", "--status=,"], "--status: (empty) cannot be purged"),
-        (["--older-than=month"], "--older-than: 'month' is not a duration"),
+        (["--older-than=month"], "--older-than 'month' is not a positive duration"),
         (["--older-than=30d", "--batch-size=-1"], "--batch-size must be at least 1"),
     ]:
         with pytest.raises(CommandError) as caught:

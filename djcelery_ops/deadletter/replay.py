@@ -36,6 +36,7 @@ from django.utils.module_loading import import_string
 from djcelery_ops.conf import ops_settings
 from djcelery_ops.deadletter.models import DeadLetter, Discard, Replay
 from djcelery_ops.deadletter.record import REPLAY_HEADER
+from djcelery_ops.ops.retention import delete_in_batches
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -401,10 +402,6 @@ def purge(
     if dry_run:
         return rows.count()
     size = batch_size or ops_settings.DEAD_LETTER_PURGE_BATCH_SIZE
-    deleted = 0
-    while ids := list(rows.order_by("pk").values_list("pk", flat=True)[:size]):
-        with transaction.atomic():
-            # Re-check the status: a row replayed meanwhile is no longer purgeable.
-            batch = DeadLetter.objects.filter(pk__in=ids, status__in=statuses)
-            deleted += batch.delete()[1].get(DeadLetter._meta.label, 0)
-    return deleted
+    # Each batch re-applies the filters: a row replayed meanwhile is no longer purgeable.
+    counts = delete_in_batches(rows, size)
+    return max(counts, default=0)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import getpass
-import re
 from argparse import ArgumentParser
 from collections.abc import Iterable
 from typing import Any
@@ -19,6 +18,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from djcelery_ops.deadletter.replay import Outcome, Plan, Selection
+from djcelery_ops.ops.retention import duration_option, looks_like_duration
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 1
@@ -26,8 +26,6 @@ EXIT_STOPPED_BY_GUARD = 2
 EXIT_PUBLISH_FAILED = 3
 
 MAX_IDS = 10_000
-_DURATION = re.compile(r"^(\d{1,6})([smhdw])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 def add_filter_arguments(parser: ArgumentParser) -> None:
@@ -53,18 +51,11 @@ def add_actor_arguments(parser: ArgumentParser) -> None:
     parser.add_argument("--by", default=None, help="Who, for the record (default: OS user).")
 
 
-def parse_duration(text: str, option: str) -> datetime.timedelta:
-    match = _DURATION.match(text.strip())
-    if not match:
-        raise CommandError(f"{option}: {text!r} is not a duration like 30d, 12h, 15m.")
-    return datetime.timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
-
-
 def parse_moment(text: str | None, option: str) -> datetime.datetime | None:
     if text is None:
         return None
-    if _DURATION.match(text.strip()):
-        return timezone.now() - parse_duration(text, option)
+    if looks_like_duration(text):
+        return timezone.now() - duration_option(text, option)
     try:
         moment = parse_datetime(text)
         day = None if moment else parse_date(text)

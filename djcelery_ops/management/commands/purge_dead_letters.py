@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from djcelery_ops.deadletter.replay import PURGEABLE, purge
 from djcelery_ops.management.commands import _dead_letters as common
+from djcelery_ops.ops.retention import duration_option
 
 
 class Command(BaseCommand):
@@ -29,7 +30,7 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="Count, delete nothing.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        age = common.parse_duration(options["older_than"], "--older-than")
+        age = duration_option(options["older_than"])
         statuses = sorted({part.strip() for part in options["status"].split(",") if part.strip()})
         unknown = [status for status in statuses if status not in PURGEABLE]
         if unknown or not statuses:

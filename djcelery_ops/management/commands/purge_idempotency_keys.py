@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import re
-from datetime import timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
 from djcelery_ops.idempotency.models import IdempotencyKey
-
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-_DURATION = re.compile(r"^(\d+)([smhdw])$")
-
-
-def parse_age(text: str) -> timedelta:
-    """``30d``, ``12h``, ``15m``, ``90s``, ``2w``."""
-    match = _DURATION.match(text.strip())
-    if not match:
-        raise CommandError(
-            f"--older-than must be a number and a unit (s, m, h, d, w), like 30d; got {text!r}"
-        )
-    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+from djcelery_ops.ops.retention import delete_in_batches, duration_option
 
 
 def _keys(count: int) -> str:
@@ -43,7 +29,7 @@ class Command(BaseCommand):
     def handle(
         self, *args: Any, older_than: str, dry_run: bool, batch_size: int, **options: Any
     ) -> None:
-        age = parse_age(older_than)
+        age = duration_option(older_than)
         if batch_size < 1:
             raise CommandError(f"--batch-size must be at least 1; got {batch_size}")
         rows = IdempotencyKey.objects.finished_before(timezone.now() - age)
@@ -51,10 +37,6 @@ class Command(BaseCommand):
             self.stdout.write(f"Would delete {_keys(rows.count())} older than {older_than}.")
             return
         deleted = 0
-        while True:
-            batch = list(rows.order_by("pk").values_list("pk", flat=True)[:batch_size])
-            if not batch:
-                break
-            deleted += IdempotencyKey.objects.filter(pk__in=batch).delete()[0]
+        for deleted in delete_in_batches(rows, batch_size):
             self.stdout.write(f"Deleted {deleted} so far...")
         self.stdout.write(f"Deleted {_keys(deleted)} older than {older_than}.")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import re
 from argparse import ArgumentParser
 from typing import Any
 
@@ -11,20 +10,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Q
 from django.utils import timezone
 
+from djcelery_ops.ops.retention import delete_in_batches, duration_option
 from djcelery_ops.runs.models import TaskRun
-
-UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-DURATION = re.compile(r"^(\d+)([smhdw])$")
-
-
-def parse_duration(text: str) -> datetime.timedelta:
-    """``90s``, ``30m``, ``12h``, ``14d``, ``2w``."""
-    match = DURATION.match(text.strip())
-    if not match or int(match[1]) == 0:
-        raise CommandError(
-            f"--older-than {text!r} is not a positive duration such as 90s, 30m, 12h, 14d or 2w."
-        )
-    return datetime.timedelta(**{UNITS[match[2]]: int(match[1])})
 
 
 def purgeable(cutoff: datetime.datetime) -> Q:
@@ -47,17 +34,13 @@ class Command(BaseCommand):
     ) -> None:
         if batch_size < 1:
             raise CommandError(f"--batch-size must be at least 1, not {batch_size}.")
-        cutoff = timezone.now() - parse_duration(older_than)
+        cutoff = timezone.now() - duration_option(older_than)
         runs = TaskRun.objects.filter(purgeable(cutoff))
         total = runs.count()
         if dry_run:
             self.stdout.write(f"Would delete {total} task runs older than {older_than}.")
             return
         deleted = 0
-        while True:
-            batch = list(runs.order_by("pk").values_list("pk", flat=True)[:batch_size])
-            if not batch:
-                break
-            deleted += TaskRun.objects.filter(pk__in=batch).delete()[0]
+        for deleted in delete_in_batches(runs, batch_size):
             self.stdout.write(f"Deleted {deleted} of {total} task runs.")
         self.stdout.write(f"Purged {deleted} task runs older than {older_than}.")
