@@ -37,8 +37,8 @@ class OpsSettings:
     RUNS_ENABLED: bool = True
     RUNS_ALL_TASKS: bool = False
     RUNS_STORE_ARGS: bool = False
-    RUNS_FLUSH_INTERVAL: float = 0.5
-    RUNS_BATCH_SIZE: int = 500
+    RUNS_FLUSH_INTERVAL: float = 1.0
+    RUNS_BATCH_SIZE: int = 2000
     RUNS_TENANT_HEADER: str = "tenant"
 
     # Periodic jobs.
