@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import uuid
 from collections.abc import Mapping
@@ -13,12 +12,12 @@ from pathlib import Path
 from django.conf import settings
 from django.db import connection
 
-from tests.worker import REPO_ROOT
+from tests.worker import CeleryProcess
 
 SCHEDULER = "djcelery_ops.schedules.scheduler:LockedDatabaseScheduler"
 
 
-class BeatProcess:
+class BeatProcess(CeleryProcess):
     """Start, inspect and stop one beat; its log is kept in ``var/tests``."""
 
     def __init__(self, *, queue: str, max_interval: int = 1, env: Mapping[str, str] | None = None):
@@ -38,46 +37,16 @@ class BeatProcess:
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }
-        self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> BeatProcess:
-        self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            self.command, cwd=REPO_ROOT, env=self.env, stdout=self._log,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+        self._spawn()
         return self
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, the lease is left to expire."""
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
-
-    def stop(self, timeout: float = 20) -> None:
-        """SIGTERM (beat syncs and releases the lease), then SIGKILL of its process group."""
-        if self.process is None or self.process.poll() is not None:
-            self._close()
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        self._close()
-
-    def _close(self) -> None:
-        if getattr(self, "_log", None):
-            self._log.close()

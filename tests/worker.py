@@ -27,7 +27,48 @@ def purge_queue(queue: str) -> None:
         conn.default_channel.queue_purge(queue)
 
 
-class WorkerProcess:
+class CeleryProcess:
+    """A ``celery`` subprocess in its own session, logging to ``log_path``."""
+
+    command: list[str]
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def _spawn(self) -> None:
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            self.command, cwd=REPO_ROOT, env=self.env, stdout=self._log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 20) -> None:
+        """SIGTERM (warm shutdown), then SIGKILL of the process group."""
+        if self.process is None or self.process.poll() is not None:
+            self._close()
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        self._close()
+
+    def _close(self) -> None:
+        if getattr(self, "_log", None):
+            self._log.close()
+
+
+class WorkerProcess(CeleryProcess):
     """Start, inspect and stop one worker; its log is kept in ``var/tests``."""
 
     def __init__(
@@ -61,14 +102,9 @@ class WorkerProcess:
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }
-        self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60) -> WorkerProcess:
-        self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            self.command, cwd=REPO_ROOT, env=self.env, stdout=self._log,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+        self._spawn()
         try:
             wait_until(self._ready_or_dead, timeout=timeout, what="the worker to be ready")
         except AssertionError:
@@ -82,35 +118,13 @@ class WorkerProcess:
         assert self.process is not None
         return self.ready_file.exists() or self.process.poll() is not None
 
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
     def child_pids(self) -> list[int]:
         """Pool processes of the worker, read from /proc (Linux)."""
         children = Path(f"/proc/{self.pid}/task/{self.pid}/children")
         return [int(pid) for pid in children.read_text().split()] if children.exists() else []
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout: float = 20) -> None:
-        """Warm shutdown (SIGTERM), then SIGKILL of the worker's process group."""
-        if self.process is None or self.process.poll() is not None:
-            self._close()
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        self._close()
-
     def _close(self) -> None:
-        if getattr(self, "_log", None):
-            self._log.close()
+        super()._close()
         self.ready_file.unlink(missing_ok=True)
 
 
