@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import time
 
 import pytest
 from django.db import connection
@@ -134,6 +135,69 @@ def test_recorder__drops_a_batch_the_database_refuses_and_goes_on():
     assert recorder.pending == 0
     recorder.add(STARTED)
     assert recorder.flush() == 1
+
+
+def unstarted_recorder() -> RunRecorder:
+    recorder = RunRecorder()
+    recorder._thread = object()  # type: ignore[assignment]  # flushes are the test's
+    return recorder
+
+
+@pytest.mark.django_db(transaction=True)
+def test_held_receipt__is_written_only_if_still_waiting_a_flush_interval_later(settings):
+    settings.DJCELERY_OPS_RUNS_FLUSH_INTERVAL = 0.3
+    recorder, waiting = unstarted_recorder(), {"t1"}
+    recorder.hold(RECEIVED, waiting.__contains__)
+    assert recorder.flush() == 0  # not due yet: a task that starts now costs no write
+    assert recorder.held == 1 and not TaskRun.objects.exists()
+    time.sleep(0.35)
+    assert recorder.flush() == 1
+    assert recorder.held == 0
+    run = TaskRun.objects.get()
+    assert (run.state, run.received_at, run.task_name) == (State.RECEIVED, at(0), "shop.charge")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_held_receipt__of_a_task_that_moved_on__is_dropped(settings):
+    settings.DJCELERY_OPS_RUNS_FLUSH_INTERVAL = 0
+    recorder, waiting = unstarted_recorder(), {"t1"}
+    recorder.hold(RECEIVED, waiting.__contains__)
+    waiting.clear()  # a pool process accepted it; that process writes the row
+    recorder.add(STARTED)
+    assert recorder.flush() == 1
+    assert recorder.held == 0
+    run = TaskRun.objects.get()
+    assert (run.state, run.received_at, run.queue) == (State.STARTED, at(1), "")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_held_receipts__still_waiting_at_close__are_written_at_once(settings):
+    settings.DJCELERY_OPS_RUNS_FLUSH_INTERVAL = 60
+    recorder = unstarted_recorder()
+    recorder.hold(RECEIVED, lambda task_id: True)
+    recorder.hold({**RECEIVED, "task_id": "t2"}, lambda task_id: False)
+    assert recorder.flush(everything=True) == 1
+    assert list(TaskRun.objects.values_list("task_id", "state")) == [("t1", State.RECEIVED)]
+
+
+class FakeRequest:
+    """What ``celery.worker.state`` needs of a request: an id and a name."""
+
+    def __init__(self, task_id: str) -> None:
+        self.id, self.name = task_id, "shop.charge"
+
+
+def test_still_waiting__follows_celerys_worker_state():
+    from celery.worker import state
+
+    request = FakeRequest("waiting-1")
+    assert not receivers.still_waiting(request.id)  # unknown to this worker
+    state.task_reserved(request)
+    assert receivers.still_waiting(request.id)  # prefetched, no pool process has it
+    state.task_accepted(request)
+    assert not receivers.still_waiting(request.id)  # running
+    state.task_ready(request)
+    assert not receivers.still_waiting(request.id)
 
 
 def test_write__cuts_text_longer_than_its_column():

@@ -60,6 +60,21 @@ def test_received_then_started_then_succeeded__with_timestamps_runtime_and_routi
     assert run.retries == 0 and run.exception_class == ""
 
 
+def test_task_waiting_behind_a_busy_worker__is_recorded_as_received_then_runs(
+    start_worker, celery_queue, go_file
+):
+    start_worker(env=RUNS_SETTINGS, concurrency=1)
+    blocker = tasks.ops_wait_for.delay(str(go_file))
+    run_in_state(blocker.id, State.STARTED)
+    waiting = tasks.ops_add.delay(1, 2)  # prefetched by the main process, no free child
+    run = run_in_state(waiting.id, State.RECEIVED)
+    assert run.started_at is None and run.task_name == "tests.testapp.tasks.ops_add"
+    go_file.touch()
+    run = run_in_state(waiting.id, State.SUCCEEDED)
+    # The child wrote the receipt time the main process stamped, not its own start.
+    assert run.started_at - run.received_at >= datetime.timedelta(seconds=0.2)
+
+
 def test_task_waiting_for_its_eta__is_recorded_as_received(runs_worker):
     result = tasks.ops_add.apply_async((1, 2), countdown=600)
     run = run_in_state(result.id, State.RECEIVED)

@@ -8,9 +8,12 @@ Django fixup, which closes the task thread's connection around every task, leave
 
 Events of one task id come from two processes (``task_received`` and ``task_revoked`` in
 the worker's main process, the rest in the pool child) and their batches reach the
-database in any order. Each event carries ``progress = retries * 100 + state rank``; the
-upsert keeps the state of the higher progress and fills the other columns from whichever
-event knows them. The same rules merge events in memory before the write.
+database in any order. A receipt is *held* (``hold()``): it is written only if its task
+is still waiting a whole flush interval later (prefetched behind busy children, or
+waiting for its ETA). A task that starts at once is written by the child alone, one row
+insert instead of an insert and an update. Each event carries ``progress = retries * 100 +
+state rank``; the upsert keeps the state of the higher progress and fills the other
+columns from whichever event knows them. The same rules merge events in memory before the write.
 
 Losing the last unflushed batch when a process is SIGKILLed is accepted: this is
 telemetry. Dead letters are stored by their own synchronous code path, never here.
@@ -23,7 +26,8 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from django.db import DatabaseError, DataError, IntegrityError, InterfaceError, connections
@@ -239,6 +243,7 @@ class RunRecorder:
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._pending: dict[str, Event] = {}
+        self._held: dict[str, tuple[float, Event, Callable[[str], bool]]] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -247,17 +252,48 @@ class RunRecorder:
     def pending(self) -> int:
         return len(self._pending)
 
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
     def add(self, event: Event) -> None:
         if self._pid != os.getpid():
             self._reset()
         with self._lock:
-            old = self._pending.get(event["task_id"])
-            self._pending[event["task_id"]] = event if old is None else merge_events(old, event)
+            self._merge(event)
             size = len(self._pending)
         if self._thread is None:
             self._start()
         if size >= ops_settings.RUNS_BATCH_SIZE:
             self._wake.set()
+
+    def hold(self, event: Event, waiting: Callable[[str], bool]) -> None:
+        """Keep ``event`` back; write it only if ``waiting(task_id)`` still holds at the
+        first flush at least one flush interval later (or at close). Otherwise the task
+        has moved on and the process that runs it records it: the event is dropped."""
+        if self._pid != os.getpid():
+            self._reset()
+        with self._lock:
+            self._held[event["task_id"]] = (time.monotonic(), event, waiting)
+        if self._thread is None:
+            self._start()
+
+    def _merge(self, event: Event) -> None:
+        # Called with self._lock held.
+        old = self._pending.get(event["task_id"])
+        self._pending[event["task_id"]] = event if old is None else merge_events(old, event)
+
+    def _release_held(self, everything: bool = False) -> None:
+        """Move held events that are due into the pending batch (``self._lock`` held)."""
+        if not self._held:
+            return
+        due_before = time.monotonic() - ops_settings.RUNS_FLUSH_INTERVAL
+        for task_id, (held_at, event, waiting) in list(self._held.items()):
+            if not waiting(task_id):
+                del self._held[task_id]
+            elif everything or held_at <= due_before:
+                del self._held[task_id]
+                self._merge(event)
 
     def _start(self) -> None:
         with self._lock:
@@ -278,10 +314,13 @@ class RunRecorder:
         finally:
             connections.close_all()
 
-    def flush(self) -> int:
-        """Write what is pending now; on a database error keep it for the next flush."""
+    def flush(self, everything: bool = False) -> int:
+        """Write what is pending now; on a database error keep it for the next flush.
+
+        Held events are written when due (``everything``: all that still wait)."""
         with self._write_lock:
             with self._lock:
+                self._release_held(everything)
                 batch, self._pending = self._pending, {}
             if not batch:
                 return 0
@@ -314,7 +353,7 @@ class RunRecorder:
             self._stop.set()
             self._wake.set()
             thread.join(timeout=10)
-        self.flush()
+        self.flush(everything=True)
 
 
 recorder = RunRecorder()
