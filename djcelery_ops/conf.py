@@ -1,17 +1,25 @@
 """Settings of djcelery_ops.
 
-Every name is read from ``django.conf.settings`` with the ``DJCELERY_OPS_`` prefix on each
-access, so ``override_settings`` and pytest-django's ``settings`` fixture work, and nothing is
+Every name is read from ``django.conf.settings`` with the ``DJCELERY_OPS_`` prefix on its
+first access and kept; Django's ``setting_changed`` signal (sent by ``override_settings`` and
+pytest-django's ``settings`` fixture) empties the cache, so tests can change them. Nothing is
 read at import time. The class attributes are the documented defaults.
+
+The cache matters: the job-run receivers read a few settings for every task, and a miss on
+``django.conf.settings`` (a setting the project leaves at its default) raises and catches an
+AttributeError through LazySettings each time, about 5 microseconds a read.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from django.conf import settings as django_settings
+from django.core.signals import setting_changed
 
 PREFIX = "DJCELERY_OPS_"
+_instances: weakref.WeakSet[OpsSettings] = weakref.WeakSet()
 
 
 class OpsSettings:
@@ -69,14 +77,37 @@ class OpsSettings:
     DEAD_LETTER_PURGE_BATCH_SIZE: int = 1000
     DEAD_LETTER_CANARY_TIMEOUT: float = 300
 
+    def __init__(self) -> None:
+        self._cache: dict[str, Any] = {}
+        _instances.add(self)
+
     def __getattribute__(self, name: str) -> Any:
-        default = object.__getattribute__(self, name)
         if not name.isupper():
-            return default
-        return getattr(django_settings, PREFIX + name, default)
+            return object.__getattribute__(self, name)
+        cache = object.__getattribute__(self, "_cache")
+        try:
+            return cache[name]
+        except KeyError:
+            pass
+        value = getattr(django_settings, PREFIX + name, object.__getattribute__(self, name))
+        cache[name] = value
+        return value
+
+    def reload(self) -> None:
+        """Forget the values read so far; the next access reads Django settings again."""
+        object.__getattribute__(self, "_cache").clear()
 
     def names(self) -> list[str]:
         return sorted(name for name in type(self).__annotations__ if name.isupper())
 
 
 ops_settings = OpsSettings()
+
+
+def _setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting.startswith(PREFIX):
+        for instance in list(_instances):
+            instance.reload()
+
+
+setting_changed.connect(_setting_changed, dispatch_uid="djcelery_ops.conf.setting_changed")

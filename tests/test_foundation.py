@@ -41,7 +41,7 @@ class _Example(OpsSettings):
     SOME_LIMIT: int = 7
 
 
-def test_settings__read_on_every_access_with_prefix_and_default():
+def test_settings__prefix_default_and_override_settings():
     conf = _Example()
     assert conf.SOME_LIMIT == 7
     with override_settings(DJCELERY_OPS_SOME_LIMIT=11):

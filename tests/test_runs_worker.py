@@ -58,6 +58,7 @@ def test_received_then_started_then_succeeded__with_timestamps_runtime_and_routi
     assert len(run.args_digest) == 64
     assert run.args is None and run.kwargs is None  # not stored unless a setting says so
     assert run.retries == 0 and run.exception_class == ""
+    assert run.root_id == run.parent_id == ""  # its own root: kept out of the lineage indexes
 
 
 def test_task_waiting_behind_a_busy_worker__is_recorded_as_received_then_runs(

@@ -27,7 +27,7 @@ from djcelery_ops.runs.recorder import Event, recorder
 logger = logging.getLogger("djcelery_ops.runs")
 State = TaskRun.State
 _active = False
-_started: dict[str, float] = {}
+_started: dict[str, tuple[float, int]] = {}  # task id: (monotonic start, retries)
 
 
 def activate(**kwargs: Any) -> None:
@@ -66,8 +66,13 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _routing(request: Mapping[str, Any], delivery: Any = None) -> dict[str, str]:
-    """Columns every event can fill from a request dict (headers merged in)."""
+def _routing(task_id: str, request: Mapping[str, Any], delivery: Any = None) -> dict[str, str]:
+    """Columns every event can fill from a request dict (headers merged in).
+
+    ``root_id`` stays blank for a task that is its own root (Celery sets it to the task's
+    own id), so the root and parent indexes, partial on non-blank values, hold only the
+    tasks of canvases and tasks sent from tasks."""
+    root_id = request.get("root_id")
     headers = request.get("headers")
     tenant = request.get(ops_settings.RUNS_TENANT_HEADER)
     if tenant is None and isinstance(headers, Mapping):
@@ -75,7 +80,7 @@ def _routing(request: Mapping[str, Any], delivery: Any = None) -> dict[str, str]
     delivery = delivery or request.get("delivery_info") or {}
     return {
         "queue": _text(request.get(QUEUE_HEADER) or delivery.get("routing_key")),
-        "root_id": _text(request.get("root_id")),
+        "root_id": "" if root_id == task_id else _text(root_id),
         "parent_id": _text(request.get("parent_id")),
         "periodic_task_name": _text(request.get("periodic_task_name")),
         "tenant": _text(tenant),
@@ -125,7 +130,7 @@ def on_task_received(sender: Any = None, request: Any = None, **kwargs: Any) -> 
         task_name=request.task_name,
         worker_hostname=_text(request.hostname),
         received_at=_moment(received),
-        **_routing(headers, request.delivery_info),
+        **_routing(request.id, headers, request.delivery_info),
     )
     recorder.hold(event, still_waiting)
 
@@ -133,25 +138,29 @@ def on_task_received(sender: Any = None, request: Any = None, **kwargs: Any) -> 
 def on_task_prerun(
     sender: Any = None, task_id: str = "", args: Any = None, kwargs: Any = None, **extra: Any
 ) -> None:
-    if not _records(sender) or sender.request.is_eager:
+    if not _records(sender):
         return
-    request = vars(sender.request)
+    context = sender.request
+    if context.is_eager:
+        return
+    request = vars(context)
     now = timezone.now()
     received = request.get(RECEIVED_AT)
+    retries = int(request.get("retries") or 0)
     columns: dict[str, Any] = {"args_digest": args_digest(args, kwargs)}
     if ops_settings.RUNS_STORE_ARGS:
         columns.update(args=jsonable(args), kwargs=jsonable(kwargs))
-    _started[task_id] = time.monotonic()
+    _started[task_id] = (time.monotonic(), retries)
     recorder.add(
         _event(
             task_id,
             State.STARTED,
-            int(request.get("retries") or 0),
+            retries,
             task_name=sender.name,
             worker_hostname=_text(request.get("hostname")),
             started_at=now,
             received_at=now if received is None else _moment(received),
-            **_routing(request),
+            **_routing(task_id, request),
             **columns,
         )
     )
@@ -163,15 +172,15 @@ POSTRUN_STATES = {"SUCCESS": State.SUCCEEDED, "FAILURE": State.FAILED, "RETRY": 
 def on_task_postrun(
     sender: Any = None, task_id: str = "", state: str | None = None, **extra: Any
 ) -> None:
+    """The attempt ended; ``on_task_prerun`` decided whether it is recorded."""
     started = _started.pop(task_id, None)
-    run_state = POSTRUN_STATES.get(state or "", State.FAILED)
-    if not _records(sender) or sender.request.is_eager:
+    if started is None:  # not recorded: eager, not an OpsTask, or recording off
         return
-    runtime = None if started is None else time.monotonic() - started
-    columns: dict[str, Any] = {"runtime": runtime}
+    began, retries = started
+    run_state = POSTRUN_STATES.get(state or "", State.FAILED)
+    columns: dict[str, Any] = {"runtime": time.monotonic() - began}
     if run_state != State.RETRY:
         columns["finished_at"] = timezone.now()
-    retries = int(getattr(sender.request, "retries", 0) or 0)
     recorder.add(_event(task_id, run_state, retries, **columns))
 
 
@@ -242,7 +251,7 @@ def on_task_revoked(
             task_name=_text(getattr(sender, "name", "")),
             exception_message=why,
             finished_at=timezone.now(),
-            **_routing(vars(request)),
+            **_routing(_text(request.id), vars(request)),
         )
     )
 

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from django.db import DatabaseError, DataError, IntegrityError, InterfaceError, connections
+from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 from django.db.models import Field
 
 from djcelery_ops.conf import ops_settings
@@ -187,19 +188,39 @@ def _head(connection: Any) -> tuple[str, str]:
 
 
 def _write_with_unnest(cursor: Any, connection: Any, rows: list[Mapping[str, Any]]) -> None:
-    """PostgreSQL: one array per column, so the statement text never changes (psycopg
-    caches its conversion) and the values travel as a few arrays instead of 20 per row."""
+    """PostgreSQL: one array per column, so the statement text never changes and the
+    values travel as 20 arrays instead of 20 parameters per row.
+
+    Django's psycopg 3 cursor binds on the client: it would quote every array element into
+    the SQL text in Python (half the writer's CPU). The arrays go as real parameters of a
+    server-bound psycopg cursor on the same connection (and transaction) instead."""
     fields = _fields()
     arrays = []
     for field in fields:
-        values = [_cut(field, row.get(field.name, _empty(field.name))) for row in rows]
+        name, default, limit = field.name, _empty(field.name), field.max_length
+        values = [row.get(name, default) for row in rows]
+        if limit:
+            values = [v[:limit] if isinstance(v, str) and len(v) > limit else v for v in values]
         if field.get_internal_type() == "JSONField":
             encoder = getattr(field, "encoder", None)
             values = [None if v is None else json.dumps(v, cls=encoder) for v in values]
         arrays.append(values)
     casts = ", ".join(f"%s::{_array_type(field, connection)}[]" for field in fields)
     head, tail = _head(connection)
-    cursor.execute(f"{head}SELECT * FROM unnest({casts}){tail}", arrays)
+    sql = f"{head}SELECT * FROM unnest({casts}){tail}"
+    binary_sql = sql.replace("%s::", "%b::")  # binary arrays: no text quoting at all
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+    if not is_psycopg3:
+        cursor.execute(sql, arrays)
+        return
+    import psycopg
+
+    # Django's own wrapper around it: error translation (DataError...), execute_wrapper()
+    # hooks and query logging work as for any other query.
+    wrapper = CursorDebugWrapper if connection.queries_logged else CursorWrapper
+    with wrapper(psycopg.Cursor(connection.connection), connection) as server_bound:
+        server_bound.execute(binary_sql, arrays)
 
 
 PG_ARRAY_TYPES = {
