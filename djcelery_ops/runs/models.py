@@ -76,7 +76,10 @@ class TaskRun(models.Model):
     FAILED_STATES = (State.FAILED, State.DEAD_LETTERED)
     FINISHED_STATES = (State.SUCCEEDED, State.FAILED, State.REVOKED, State.DEAD_LETTERED)
 
-    task_id = models.CharField(_("task id"), max_length=255, unique=True)
+    # Unique through Meta.constraints, not unique=True: on PostgreSQL unique=True also
+    # builds a second, varchar_pattern_ops index for LIKE, another random-key index that
+    # every insert pays and no query uses.
+    task_id = models.CharField(_("task id"), max_length=255)
     task_name = models.CharField(_("task name"), max_length=255, blank=True)
     state = models.CharField(_("state"), max_length=16, choices=State.choices)
     progress = models.PositiveIntegerField(
@@ -110,6 +113,7 @@ class TaskRun(models.Model):
         verbose_name = _("task run")
         verbose_name_plural = _("task runs")
         ordering = ["-id"]
+        constraints = [models.UniqueConstraint(fields=["task_id"], name="djops_run_task_id_uniq")]
         # Each index costs every insert; a random key (a task id) costs the most, because
         # it lands on a random page of a large index. Only the task-id index must be one.
         indexes = [

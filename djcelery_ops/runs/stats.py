@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.db import connections
 from django.db.models import Aggregate, Count, FloatField, Max, Q
+from django.db.models.functions import Collate
 
 if TYPE_CHECKING:
     from djcelery_ops.runs.models import TaskRunQuerySet
@@ -55,7 +56,9 @@ def _aggregate_in_database(queryset: TaskRunQuerySet) -> list[dict[str, Any]]:
     }
     rows = (
         queryset.order_by()
-        .values("task_name")
+        # Grouping sorts every run of the window by name: "C" compares bytes, the
+        # database's own collation (C.UTF-8, en_US...) goes through strcoll, 2-3x slower.
+        .values(name=Collate("task_name", "C"))
         .annotate(
             runs=Count("*"),
             failures=Count("state", filter=Q(state__in=TaskRun.FAILED_STATES)),
@@ -63,7 +66,9 @@ def _aggregate_in_database(queryset: TaskRunQuerySet) -> list[dict[str, Any]]:
             **percentiles,
         )
     )
-    return [dict(row) for row in rows]
+    return [
+        {"task_name": row["name"], **{k: v for k, v in row.items() if k != "name"}} for row in rows
+    ]
 
 
 def _aggregate_in_python(queryset: TaskRunQuerySet) -> list[dict[str, Any]]:
