@@ -205,12 +205,13 @@ def _write_with_unnest(cursor: Any, connection: Any, rows: list[Mapping[str, Any
             encoder = getattr(field, "encoder", None)
             values = [None if v is None else json.dumps(v, cls=encoder) for v in values]
         arrays.append(values)
-    casts = ", ".join(f"%s::{_array_type(field, connection)}[]" for field in fields)
-    head, tail = _head(connection)
-    sql = f"{head}SELECT * FROM unnest({casts}){tail}"
-    binary_sql = sql.replace("%s::", "%b::")  # binary arrays: no text quoting at all
     from django.db.backends.postgresql.psycopg_any import is_psycopg3
 
+    # %b: psycopg 3 sends the arrays in binary, nothing is quoted or parsed as text.
+    placeholder = "%b" if is_psycopg3 else "%s"
+    casts = ", ".join(f"{placeholder}::{_array_type(field, connection)}[]" for field in fields)
+    head, tail = _head(connection)
+    sql = f"{head}SELECT * FROM unnest({casts}){tail}"
     if not is_psycopg3:
         cursor.execute(sql, arrays)
         return
@@ -220,7 +221,7 @@ def _write_with_unnest(cursor: Any, connection: Any, rows: list[Mapping[str, Any
     # hooks and query logging work as for any other query.
     wrapper = CursorDebugWrapper if connection.queries_logged else CursorWrapper
     with wrapper(psycopg.Cursor(connection.connection), connection) as server_bound:
-        server_bound.execute(binary_sql, arrays)
+        server_bound.execute(sql, arrays)
 
 
 PG_ARRAY_TYPES = {
