@@ -98,7 +98,9 @@ def test_browser__filter_replay_with_confirmation_and_edit_and_replay(
     kwargs.clear()
     kwargs.send_keys('{"to": "b@example.org"}')
     browser.find_element(By.ID, "djops-replay").click()
-    assert "Replayed with the edited arguments." in browser.page_source
+    # find_element waits (implicitly) for the page the click loads; page_source would not.
+    message = browser.find_element(By.CSS_SELECTOR, ".messagelist").text
+    assert "Replayed with the edited arguments." in message
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "replay-admin-edit-and-replay.png"))
     row = Replay.objects.get(dead_letter=mail)

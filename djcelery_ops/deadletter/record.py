@@ -20,6 +20,8 @@ from django.utils import timezone
 QUEUE_HEADER = "djcelery_ops_queue"
 # Set on a replayed message: the id of the dead letter it replays (see deadletter.lineage).
 REPLAY_HEADER = "djcelery_ops_replay_of"
+# Put into the request by the worker's main process (job runs): when it took the message.
+RECEIVED_AT_KEY = "djcelery_ops_received_at"
 
 # Keys of a Celery request that are protocol or worker state, not headers a publisher set.
 CELERY_REQUEST_KEYS = frozenset(
@@ -74,6 +76,7 @@ CELERY_REQUEST_KEYS = frozenset(
         "djcelery_ops_queue",
         "djcelery_ops_started",
         "djcelery_ops_retries_exhausted",
+        RECEIVED_AT_KEY,
     )
 )
 

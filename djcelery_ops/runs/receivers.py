@@ -20,7 +20,12 @@ from django.conf import settings
 from django.utils import timezone
 
 from djcelery_ops.conf import ops_settings
-from djcelery_ops.deadletter.record import QUEUE_HEADER, describe_exception, jsonable
+from djcelery_ops.deadletter.record import (
+    QUEUE_HEADER,
+    RECEIVED_AT_KEY,
+    describe_exception,
+    jsonable,
+)
 from djcelery_ops.runs.models import ATTEMPT_STRIDE, TaskRun
 from djcelery_ops.runs.recorder import Event, recorder
 
@@ -93,8 +98,9 @@ def args_digest(args: Any, kwargs: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-RECEIVED_AT = "djcelery_ops_received_at"
-"""Request-dict key of the receipt time (epoch seconds); the dict travels to the child."""
+RECEIVED_AT = RECEIVED_AT_KEY
+"""Request-dict key of the receipt time (epoch seconds); the dict travels to the child.
+Worker state, not a header: dead-letter capture leaves it out of the stored headers."""
 
 
 def _moment(epoch: float) -> datetime.datetime:
