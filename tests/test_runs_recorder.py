@@ -200,6 +200,36 @@ def test_still_waiting__follows_celerys_worker_state():
     assert not receivers.still_waiting(request.id)
 
 
+@pytest.mark.django_db(transaction=True)
+def test_recorder__drops_only_the_rows_the_database_refuses():
+    recorder = unstarted_recorder()
+    recorder.add({**SUCCEEDED, "task_id": "good-1"})
+    recorder.add({**SUCCEEDED, "task_id": "bad", "progress": -1})  # violates a check constraint
+    recorder.add({**SUCCEEDED, "task_id": "good-2"})
+    assert recorder.flush() == 2
+    assert sorted(TaskRun.objects.values_list("task_id", flat=True)) == ["good-1", "good-2"]
+    assert recorder.pending == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_recorder__a_nul_byte_loses_at_most_its_own_row():
+    recorder = unstarted_recorder()
+    recorder.add({**SUCCEEDED, "task_id": "good-1"})
+    recorder.add({**SUCCEEDED, "task_id": "nul", "exception_message": "bad\x00byte"})
+    recorder.add({**SUCCEEDED, "task_id": "good-2"})
+    written = recorder.flush()  # PostgreSQL refuses NUL in text, SQLite stores it
+    task_ids = set(TaskRun.objects.values_list("task_id", flat=True))
+    assert {"good-1", "good-2"} <= task_ids
+    assert written == len(task_ids)
+
+
+def test_write__round_trips_text_that_array_literals_would_have_to_escape():
+    hostile = "a\"b\\c{d},e NULL 'f' \u2603\n)"
+    write_runs([{**RECEIVED, "exception_message": hostile, "task_name": "NULL", "tenant": "{}"}])
+    run = TaskRun.objects.get()
+    assert (run.exception_message, run.task_name, run.tenant) == (hostile, "NULL", "{}")
+
+
 def test_write__cuts_text_longer_than_its_column():
     write_runs([{**RECEIVED, "task_name": "x" * 300}])
     assert TaskRun.objects.get().task_name == "x" * 255

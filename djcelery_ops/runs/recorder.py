@@ -348,14 +348,25 @@ class RunRecorder:
                 return 0
             try:
                 return write_runs(batch.values())
-            except (DataError, IntegrityError) as error:
-                # The data itself is refused: retrying would block every later batch.
-                logger.warning("%d job-run events dropped: %s", len(batch), error)
+            except (DataError, IntegrityError):
+                # The data itself is refused (a NUL byte in an exception message, say):
+                # retrying would block every later batch. Write the rows one by one and
+                # drop only those refused.
+                return self._write_one_by_one(batch)
             except (DatabaseError, InterfaceError) as error:
                 self._keep(batch)
                 logger.warning("job runs not recorded yet (%s); %d kept", error, len(batch))
             connections["default"].close()
             return 0
+
+    def _write_one_by_one(self, batch: dict[str, Event]) -> int:
+        written = 0
+        for task_id, event in batch.items():
+            try:
+                written += write_runs([event])
+            except (DataError, IntegrityError) as error:
+                logger.warning("job-run event of %s dropped: %s", task_id, error)
+        return written
 
     def _keep(self, batch: dict[str, Event]) -> None:
         with self._lock:
