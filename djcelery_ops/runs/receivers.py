@@ -98,11 +98,6 @@ def args_digest(args: Any, kwargs: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-RECEIVED_AT = RECEIVED_AT_KEY
-"""Request-dict key of the receipt time (epoch seconds); the dict travels to the child.
-Worker state, not a header: dead-letter capture leaves it out of the stored headers."""
-
-
 def _moment(epoch: float) -> datetime.datetime:
     """An epoch time as ``timezone.now()`` would have returned it then."""
     if settings.USE_TZ:
@@ -128,7 +123,7 @@ def on_task_received(sender: Any = None, request: Any = None, **kwargs: Any) -> 
         return
     headers = request.request_dict
     received = time.time()
-    headers[RECEIVED_AT] = received
+    headers[RECEIVED_AT_KEY] = received  # epoch seconds; travels to the child
     event = _event(
         request.id,
         State.RECEIVED,
@@ -151,7 +146,7 @@ def on_task_prerun(
         return
     request = vars(context)
     now = timezone.now()
-    received = request.get(RECEIVED_AT)
+    received = request.get(RECEIVED_AT_KEY)
     retries = int(request.get("retries") or 0)
     columns: dict[str, Any] = {"args_digest": args_digest(args, kwargs)}
     if ops_settings.RUNS_STORE_ARGS:

@@ -172,10 +172,14 @@ def _fields() -> list[Field[Any, Any]]:
     return [_concrete(TaskRun._meta.get_field(column)) for column in COLUMNS]
 
 
-def _cut(field: Field[Any, Any], value: Any) -> Any:
-    if field.max_length and isinstance(value, str):
-        return value[: field.max_length]
-    return value
+def _column(field: Field[Any, Any], rows: list[Mapping[str, Any]]) -> list[Any]:
+    """One column of the rows: missing values as the column's empty value, text cut to
+    the column's length."""
+    name, default, limit = field.name, _empty(field.name), field.max_length
+    values = [row.get(name, default) for row in rows]
+    if limit:
+        values = [v[:limit] if isinstance(v, str) and len(v) > limit else v for v in values]
+    return values
 
 
 def _head(connection: Any) -> tuple[str, str]:
@@ -197,10 +201,7 @@ def _write_with_unnest(cursor: Any, connection: Any, rows: list[Mapping[str, Any
     fields = _fields()
     arrays = []
     for field in fields:
-        name, default, limit = field.name, _empty(field.name), field.max_length
-        values = [row.get(name, default) for row in rows]
-        if limit:
-            values = [v[:limit] if isinstance(v, str) and len(v) > limit else v for v in values]
+        values = _column(field, rows)
         if field.get_internal_type() == "JSONField":
             encoder = getattr(field, "encoder", None)
             values = [None if v is None else json.dumps(v, cls=encoder) for v in values]
@@ -244,10 +245,11 @@ def _write_with_values(cursor: Any, connection: Any, rows: list[Mapping[str, Any
     placeholder = "(" + ", ".join(["%s"] * len(COLUMNS)) + ")"
     for start in range(0, len(rows), 500):  # SQLite allows 32766 parameters a statement
         chunk = rows[start : start + 500]
+        columns = [_column(field, chunk) for field in fields]
         params = [
-            field.get_db_prep_save(_cut(field, row.get(field.name, _empty(field.name))), connection)
-            for row in chunk
-            for field in fields
+            field.get_db_prep_save(value, connection)
+            for row in zip(*columns, strict=True)
+            for field, value in zip(fields, row, strict=True)
         ]
         values = ", ".join([placeholder] * len(chunk))
         cursor.execute(f"{head}VALUES {values}{tail}", params)
