@@ -1,4 +1,5 @@
-"""Shared pieces of the retention commands: ages on the command line, batched deletes."""
+"""Shared pieces of the management commands: ages and counts on the command line, batched
+deletes."""
 
 from __future__ import annotations
 
@@ -32,6 +33,17 @@ def duration_option(text: str, option: str = "--older-than") -> timedelta:
         return parse_duration(text, option)
     except ValueError as error:
         raise CommandError(str(error)) from error
+
+
+def positive_int_option(text: Any, option: str) -> int:
+    """A whole number of at least 1 for a management command; otherwise a ``CommandError``."""
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise CommandError(f"{option}: {text!r} is not a whole number.") from None
+    if value < 1:
+        raise CommandError(f"{option} must be at least 1, not {value}.")
+    return value
 
 
 def looks_like_duration(text: str) -> bool:

@@ -18,7 +18,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from djcelery_ops.deadletter.replay import Outcome, Plan, Selection
-from djcelery_ops.ops.retention import duration_option, looks_like_duration
+from djcelery_ops.ops.retention import duration_option, looks_like_duration, positive_int_option
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 1
@@ -73,13 +73,7 @@ def parse_moment(text: str | None, option: str) -> datetime.datetime | None:
 def parse_positive_int(text: Any, option: str, *, allow_none: bool = True) -> int | None:
     if text is None and allow_none:
         return None
-    try:
-        value = int(str(text).strip())
-    except ValueError:
-        raise CommandError(f"{option}: {text!r} is not a whole number.") from None
-    if value < 1:
-        raise CommandError(f"{option} must be at least 1, not {value}.")
-    return value
+    return positive_int_option(text, option)
 
 
 def parse_ids(texts: Iterable[str]) -> tuple[int, ...]:

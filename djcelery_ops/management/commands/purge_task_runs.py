@@ -6,11 +6,11 @@ import datetime
 from argparse import ArgumentParser
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 from django.db.models import Q
 from django.utils import timezone
 
-from djcelery_ops.ops.retention import delete_in_batches, duration_option
+from djcelery_ops.ops.retention import delete_in_batches, duration_option, positive_int_option
 from djcelery_ops.runs.models import TaskRun
 
 
@@ -32,8 +32,7 @@ class Command(BaseCommand):
     def handle(
         self, *args: Any, older_than: str, batch_size: int, dry_run: bool, **options: Any
     ) -> None:
-        if batch_size < 1:
-            raise CommandError(f"--batch-size must be at least 1, not {batch_size}.")
+        batch_size = positive_int_option(batch_size, "--batch-size")
         cutoff = timezone.now() - duration_option(older_than)
         runs = TaskRun.objects.filter(purgeable(cutoff))
         total = runs.count()
