@@ -56,7 +56,7 @@ def main() -> None:
     from django.db import connection
     from django.utils import timezone
 
-    from djcelery_ops.deadletter.replay import publish_options, replay
+    from djcelery_ops.deadletter.services import publish_options, replay
     from djcelery_ops.models import DeadLetter
     from tests.celery_app import app
     from tests.worker import purge_queue

@@ -1,144 +1,18 @@
-"""Celery signal receivers of djcelery_ops.
+"""Signals djcelery_ops sends, for a project (or another part of the app) to receive.
 
-``connect_signals()`` is called from ``AppConfig.ready()``; every receiver has a
-``dispatch_uid``, so calling it again connects nothing twice.
+``dead_lettered``: a final failure was kept, in the database or in the spool. Sent by the
+dead-letter capture with ``record`` (a ``FailureRecord``: task id and name, reason,
+exception, arguments) and ``stored`` (False when the record went to the spool because the
+database did not answer). Receivers run in the process that saw the failure (often a
+worker's pool child), must be quick and must not raise: an exception is logged and
+ignored, the dead letter is kept regardless. The job-run part listens to it to mark the
+run ``dead_lettered``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from django.dispatch import Signal
 
-from celery import signals
+dead_lettered = Signal()
 
-from djcelery_ops.conf import ops_settings
-from djcelery_ops.deadletter.record import QUEUE_HEADER, REPLAY_HEADER
-
-
-def connect_signals() -> None:
-    signals.before_task_publish.connect(add_queue_header, dispatch_uid="djops.queue_header")
-    signals.task_failure.connect(capture_plain_task_failure, dispatch_uid="djops.task_failure")
-    signals.task_unknown.connect(capture_unknown_task, dispatch_uid="djops.task_unknown")
-    signals.task_rejected.connect(capture_rejected_message, dispatch_uid="djops.task_rejected")
-    signals.worker_ready.connect(ingest_spool_at_start, dispatch_uid="djops.spool_at_start")
-    signals.task_success.connect(resolve_replayed_task, dispatch_uid="djops.replay_success")
-    connect_run_signals()
-
-
-def connect_run_signals() -> None:
-    """Job runs: each receiver checks ``DJCELERY_OPS_RUNS_ENABLED`` when it fires."""
-    from djcelery_ops.runs import receivers as runs
-
-    for name, receiver in (
-        ("worker_init", runs.activate),
-        ("worker_process_init", runs.activate),
-        ("worker_process_shutdown", runs.flush_at_shutdown),
-        ("worker_shutdown", runs.flush_at_shutdown),
-        ("task_received", runs.on_task_received),
-        ("task_prerun", runs.on_task_prerun),
-        ("task_postrun", runs.on_task_postrun),
-        ("task_retry", runs.on_task_retry),
-        ("task_failure", runs.on_task_failure),
-        ("task_revoked", runs.on_task_revoked),
-    ):
-        getattr(signals, name).connect(receiver, dispatch_uid=f"djops.runs.{name}")
-
-
-def add_queue_header(
-    headers: dict[str, Any] | None = None,
-    routing_key: str | None = None,
-    declare: Any = None,
-    **kwargs: Any,
-) -> None:
-    """Remember the queue at publish time: the worker's delivery_info does not name it."""
-    if headers is None or QUEUE_HEADER in headers:
-        return
-    queue = declare[0].name if declare else routing_key
-    if queue:
-        headers[QUEUE_HEADER] = queue
-
-
-def capture_plain_task_failure(
-    sender: Any = None,
-    task_id: str | None = None,
-    exception: BaseException | None = None,
-    args: Any = None,
-    kwargs: Any = None,
-    einfo: Any = None,
-    **extra: Any,
-) -> None:
-    """Backstop for tasks that are not OpsTask (OpsTask records its own failures)."""
-    from celery.exceptions import TimeLimitExceeded, WorkerLostError
-
-    from djcelery_ops.deadletter.capture import capture_failure
-    from djcelery_ops.deadletter.record import record_from_request
-    from djcelery_ops.task.base import OpsTask
-
-    if isinstance(sender, OpsTask) or not ops_settings.DEAD_LETTER_CAPTURE_ALL_TASKS:
-        return
-    request = dict(vars(sender.request)) if sender is not None else {}
-    request["id"] = task_id
-    reason = "exception"
-    if isinstance(exception, TimeLimitExceeded):
-        reason = "hard_time_limit"
-    elif isinstance(exception, WorkerLostError):
-        reason = "worker_lost"
-    record = record_from_request(
-        request,
-        task_name=getattr(sender, "name", "") or "",
-        reason=reason,
-        exc=exception,
-        traceback=getattr(einfo, "traceback", "") or "",
-        args=args,
-        kwargs=kwargs,
-    )
-    capture_failure(record)
-
-
-def _capture_message(sender: Any, message: Any, exc: Any, reason: str) -> None:
-    from kombu.serialization import prepare_accept_content
-
-    from djcelery_ops.deadletter.capture import capture_failure
-    from djcelery_ops.deadletter.record import record_from_message
-
-    app = sender.app
-    record = record_from_message(
-        message,
-        reason=reason,
-        exc=exc,
-        accept=prepare_accept_content(app.conf.accept_content or ()) or set(),
-        hostname=getattr(sender, "hostname", "") or "",
-    )
-    capture_failure(record)
-
-
-def capture_unknown_task(
-    sender: Any = None, message: Any = None, exc: Any = None, **kwargs: Any
-) -> None:
-    """A message for a task this worker does not know: Celery drops it after this."""
-    _capture_message(sender, message, exc, "unregistered")
-
-
-def capture_rejected_message(
-    sender: Any = None, message: Any = None, exc: Any = None, **kwargs: Any
-) -> None:
-    """A message the worker could not accept (disallowed content type, invalid task)."""
-    _capture_message(sender, message, exc, "rejected_message")
-
-
-def resolve_replayed_task(sender: Any = None, **kwargs: Any) -> None:
-    """A replayed task succeeded: resolve its dead letter. Other tasks return at once."""
-    request = getattr(sender, "request", None)
-    if request is None:
-        return
-    headers = getattr(request, "headers", None) or {}
-    if getattr(request, REPLAY_HEADER, None) is None and REPLAY_HEADER not in headers:
-        return
-    from djcelery_ops.deadletter.lineage import record_replay_success
-
-    record_replay_success(request)
-
-
-def ingest_spool_at_start(**kwargs: Any) -> None:
-    from djcelery_ops.deadletter.capture import drain_spool_quietly
-
-    drain_spool_quietly()
+__all__ = ["dead_lettered"]

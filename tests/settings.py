@@ -100,7 +100,7 @@ DJCELERY_OPS_DEAD_LETTER_MAX_DELIVERIES = int(
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "djcelery_ops.ops.logs.JsonFormatter"}},
+    "formatters": {"json": {"()": "djcelery_ops.logs.JsonFormatter"}},
     "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json"}},
     "loggers": {"djcelery_ops": {"handlers": ["json"], "level": "INFO", "propagate": False}},
 }

@@ -10,10 +10,11 @@ from django.db import connection
 from django.utils import timezone
 
 from djcelery_ops.deadletter.capture import capture_failure
-from djcelery_ops.deadletter.record import FailureRecord, jsonable
+from djcelery_ops.deadletter.record import FailureRecord
 from djcelery_ops.deadletter.spool import ingest_spool, spooled_files, write_to_spool
 from djcelery_ops.deadletter.store import fingerprint, normalise_message, top_frame
 from djcelery_ops.models import DeadLetter
+from djcelery_ops.wire import jsonable
 from tests.factories import dead_letter, failure_record
 
 pytestmark = pytest.mark.django_db

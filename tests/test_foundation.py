@@ -10,9 +10,10 @@ from django.core.management import call_command
 from django.test import override_settings
 
 from djcelery_ops.conf import OpsSettings
+from djcelery_ops.db import delete_in_batches
+from djcelery_ops.management.base import parse_duration
 from djcelery_ops.models import DeadLetter
 from djcelery_ops.ops.checks import check_required_apps
-from djcelery_ops.ops.retention import delete_in_batches, parse_duration
 from tests.factories import dead_letter
 from tests.testapp.models import Effect
 from tests.testapp.tasks import record_effect

@@ -12,7 +12,7 @@ from django.db import connection
 from django.utils import timezone
 
 from djcelery_ops.deadletter.lineage import resolve_replay
-from djcelery_ops.deadletter.replay import (
+from djcelery_ops.deadletter.services import (
     ReplayError,
     Selection,
     discard,

@@ -8,7 +8,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from djcelery_ops.deadletter.replay import replay
+from djcelery_ops.deadletter.services import replay
 from djcelery_ops.models import DeadLetter, Replay
 from tests.factories import dead_letter
 from tests.utils import wait_until

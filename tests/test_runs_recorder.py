@@ -14,6 +14,7 @@ from djcelery_ops.models import TaskRun
 from djcelery_ops.runs import receivers
 from djcelery_ops.runs.models import ATTEMPT_STRIDE
 from djcelery_ops.runs.recorder import RunRecorder, merge_events, write_runs
+from djcelery_ops.wire import call_digest
 
 pytestmark = pytest.mark.django_db
 State = TaskRun.State
@@ -252,6 +253,6 @@ def test_receivers__record_ops_tasks_or_every_task_by_setting(settings, monkeypa
     assert not receivers._records(tasks.ops_add)
 
 
-def test_args_digest__is_stable_and_tells_calls_apart():
-    assert receivers.args_digest([1], {"a": 2}) == receivers.args_digest([1], {"a": 2})
-    assert receivers.args_digest([1], {"a": 2}) != receivers.args_digest([1], {"a": 3})
+def test_call_digest__is_stable_and_tells_calls_apart():
+    assert call_digest([1], {"a": 2}) == call_digest((1,), {"a": 2})
+    assert call_digest([1], {"a": 2}) != call_digest([1], {"a": 3})

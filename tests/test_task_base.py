@@ -8,7 +8,7 @@ import logging
 from django.test import override_settings
 
 from djcelery_ops import OpsTask, PermanentError, TransientError
-from djcelery_ops.ops.logs import JsonFormatter
+from djcelery_ops.logs import JsonFormatter
 from tests.testapp import tasks
 
 

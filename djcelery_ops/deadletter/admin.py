@@ -24,7 +24,7 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from djcelery_ops.deadletter import replay as service
+from djcelery_ops.deadletter import services as service
 from djcelery_ops.deadletter.forms import EditReplayForm, ReasonForm
 from djcelery_ops.deadletter.models import DeadLetter
 

@@ -10,8 +10,8 @@ from django.db import DatabaseError, InterfaceError, close_old_connections, conn
 from djcelery_ops.deadletter.record import FailureRecord
 from djcelery_ops.deadletter.spool import has_spooled_records, ingest_spool, write_to_spool
 from djcelery_ops.deadletter.store import store_record
-from djcelery_ops.ops.logs import log_event
-from djcelery_ops.runs.receivers import record_dead_letter
+from djcelery_ops.logs import log_event
+from djcelery_ops.signals import dead_lettered
 
 logger = logging.getLogger("djcelery_ops.deadletter")
 
@@ -30,11 +30,19 @@ def capture_failure(record: FailureRecord) -> bool:
             "database unreachable (%s): dead letter of %s[%s] spooled to %s",
             error, record.task_name, record.task_id, path,
         )  # fmt: skip
+        _announce(record, stored=False)
         return False
     log_event("task.dead_lettered", record, level=logging.ERROR)
-    record_dead_letter(record)  # the job run's final state (batched; never raises)
+    _announce(record, stored=True)
     drain_spool_quietly()
     return True
+
+
+def _announce(record: FailureRecord, *, stored: bool) -> None:
+    """Send ``dead_lettered``; a receiver that fails is logged, the record is kept anyway."""
+    for receiver, error in dead_lettered.send_robust(FailureRecord, record=record, stored=stored):
+        if isinstance(error, Exception):
+            logger.error("dead_lettered receiver %r failed: %r", receiver, error)
 
 
 def _store_with_one_reconnect(record: FailureRecord) -> None:

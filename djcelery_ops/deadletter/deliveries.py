@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from django.db import IntegrityError, transaction
-from django.db.models import F
-
+from djcelery_ops.db import Sql, column, now_sql, upsert
 from djcelery_ops.deadletter.models import DeliveryCount
 
 
 def count_delivery(task_id: str) -> int:
     """Add one lost delivery of ``task_id`` and return how many there were."""
-    rows = DeliveryCount.objects.filter(task_id=task_id)
-    with transaction.atomic():
-        if not rows.update(deliveries=F("deliveries") + 1):
-            try:
-                with transaction.atomic():
-                    DeliveryCount.objects.create(task_id=task_id, deliveries=1)
-            except IntegrityError:
-                rows.update(deliveries=F("deliveries") + 1)
-        return rows.values_list("deliveries", flat=True).get()
+    deliveries = upsert(
+        DeliveryCount,
+        conflict="task_id",
+        values={"task_id": task_id, "deliveries": 1, "updated_at": now_sql()},
+        update={"deliveries": Sql(f"{column('deliveries')} + 1"), "updated_at": now_sql()},
+        returning="deliveries",
+    )
+    assert deliveries is not None  # no WHERE: the statement always writes a row
+    return int(deliveries)

@@ -15,7 +15,7 @@ from django.db import DatabaseError, InterfaceError, transaction
 from django.utils import timezone
 
 from djcelery_ops.deadletter.models import DeadLetter, Replay
-from djcelery_ops.deadletter.record import REPLAY_HEADER
+from djcelery_ops.wire import REPLAY_HEADER
 
 MAX_LINEAGE_DEPTH = 50
 

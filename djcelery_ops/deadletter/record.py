@@ -13,86 +13,9 @@ import json
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from celery.exceptions import Reject
-from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
 
-QUEUE_HEADER = "djcelery_ops_queue"
-# Set on a replayed message: the id of the dead letter it replays (see deadletter.lineage).
-REPLAY_HEADER = "djcelery_ops_replay_of"
-# Put into the request by the worker's main process (job runs): when it took the message.
-RECEIVED_AT_KEY = "djcelery_ops_received_at"
-
-# Keys of a Celery request that are protocol or worker state, not headers a publisher set.
-CELERY_REQUEST_KEYS = frozenset(
-    (
-        "lang",
-        "task",
-        "id",
-        "shadow",
-        "eta",
-        "expires",
-        "group",
-        "group_index",
-        "retries",
-        "timelimit",
-        "root_id",
-        "parent_id",
-        "argsrepr",
-        "kwargsrepr",
-        "origin",
-        "ignore_result",
-        "replaced_task_nesting",
-        "stamped_headers",
-        "stamps",
-        "delivery_info",
-        "reply_to",
-        "correlation_id",
-        "hostname",
-        "args",
-        "kwargs",
-        "is_eager",
-        "callbacks",
-        "errbacks",
-        "chain",
-        "chord",
-        "called_directly",
-        "properties",
-        "loglevel",
-        "logfile",
-        "utc",
-        "headers",
-        "taskset",
-        "task_name",
-        "content_type",
-        "content_encoding",
-        "priority",
-        "compression",
-        "embed",
-        "_protected",
-        "time_limit",
-        "soft_time_limit",
-        # set by djcelery_ops itself during execution
-        "djcelery_ops_queue",
-        "djcelery_ops_started",
-        "djcelery_ops_retries_exhausted",
-        RECEIVED_AT_KEY,
-    )
-)
-
-
-class _LenientEncoder(DjangoJSONEncoder):
-    """Dates, decimals and UUIDs as Django encodes them; anything else as its repr."""
-
-    def default(self, o: Any) -> Any:
-        try:
-            return super().default(o)
-        except TypeError:
-            return {"__repr__": repr(o)}
-
-
-def jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, cls=_LenientEncoder))
+from djcelery_ops.wire import QUEUE_HEADER, custom_headers, describe_exception, jsonable, to_json
 
 
 @dataclasses.dataclass
@@ -115,7 +38,7 @@ class FailureRecord:
     failed_at: str = dataclasses.field(default_factory=lambda: timezone.now().isoformat())
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), cls=_LenientEncoder)
+        return to_json(dataclasses.asdict(self))
 
     @classmethod
     def from_json(cls, text: str) -> FailureRecord:
@@ -126,25 +49,6 @@ class FailureRecord:
     @property
     def failed_at_datetime(self) -> datetime.datetime:
         return datetime.datetime.fromisoformat(self.failed_at)
-
-
-def describe_exception(exc: BaseException | None) -> tuple[str, str]:
-    if exc is None:
-        return "", ""
-    cls = type(exc)
-    # Celery's Reject keeps its message in .reason; str() would show the args tuple.
-    message = getattr(exc, "reason", exc) if isinstance(exc, Reject) else exc
-    return f"{cls.__module__}.{cls.__qualname__}", str(message)
-
-
-def custom_headers(request: Mapping[str, Any]) -> dict[str, Any]:
-    """Headers the publisher added (tracing ids, tenant tags), which a replay must keep."""
-    merged = dict(request)
-    nested = request.get("headers")
-    if isinstance(nested, Mapping):
-        merged.update(nested)
-    headers = {k: v for k, v in merged.items() if k not in CELERY_REQUEST_KEYS}
-    return {k: v for k, v in jsonable(headers).items() if not str(k).startswith("_")}
 
 
 def _text(value: Any) -> str:

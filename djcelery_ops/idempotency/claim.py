@@ -1,10 +1,9 @@
 """Service functions of the claim / complete protocol, on the database clock.
 
-A claim is ONE statement: ``INSERT ... ON CONFLICT (key) DO UPDATE ... WHERE <claimable>
-RETURNING token``. A row comes back only when this caller inserted the key or took over a
-failed key, an expired lease or an expired done key; the token it returns fences every
-later write. The ORM cannot say whether ``bulk_create(ignore_conflicts=True)`` inserted a
-row, hence raw SQL (PostgreSQL, and SQLite >= 3.35 for ``RETURNING``).
+A claim is ONE statement (``djcelery_ops.db.upsert``): ``INSERT ... ON CONFLICT (key) DO
+UPDATE ... WHERE <claimable> RETURNING token``. A row comes back only when this caller
+inserted the key or took over a failed key, an expired lease or an expired done key; the
+token it returns fences every later write.
 """
 
 from __future__ import annotations
@@ -17,10 +16,11 @@ from datetime import timedelta
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models.functions import Now
 
 from djcelery_ops.conf import ops_settings
+from djcelery_ops.db import Sql, column, now_plus_sql, now_sql, proposed, upsert
 from djcelery_ops.idempotency.models import IdempotencyKey
 
 logger = logging.getLogger("djcelery_ops.idempotency")
@@ -41,52 +41,52 @@ class Claim:
         return self.token is not None
 
 
-def _clock(offset_param: bool = False) -> str:
-    """The database's current time as SQL, optionally plus a number of seconds (a param)."""
-    if connection.vendor == "postgresql":
-        return (
-            "clock_timestamp() + make_interval(secs => %s)"
-            if offset_param
-            else ("clock_timestamp()")
+def _claim_values(
+    key: str, task_name: str, owner_task_id: str, lease_seconds: float | None
+) -> dict[str, Any]:
+    """The row a claim proposes. Lease mode inserts it running with a lease; atomic mode
+    inserts it done (with a null result), since nobody sees it before the transaction that
+    runs the body commits."""
+    now = now_sql()
+    leased = lease_seconds is not None
+    ttl = ops_settings.IDEMPOTENCY_KEY_TTL_SECONDS
+    expires = None if leased or ttl is None else now_plus_sql(float(ttl))
+    return {
+        "key": key,
+        "task_name": task_name,
+        "mode": IdempotencyKey.Mode.LEASE if leased else IdempotencyKey.Mode.ATOMIC,
+        "state": State.RUNNING if leased else State.DONE,
+        "owner_task_id": owner_task_id,
+        "token": 1,
+        "lease_expires_at": now_plus_sql(lease_seconds) if lease_seconds is not None else None,
+        "attempts": 1,
+        "result": None,
+        "result_stored": not leased,
+        "created_at": now,
+        "completed_at": None if leased else now,
+        "expires_at": expires,
+    }
+
+
+def _takeover() -> tuple[dict[str, Any], Sql]:
+    """What a claim of an existing key changes, and when it may: a failed key, a running
+    key whose lease expired, or a done key past its time to live."""
+    now = now_sql().text
+    update: dict[str, Any] = {
+        name: Sql(proposed(name))
+        for name in (
+            "task_name", "mode", "state", "owner_task_id", "lease_expires_at",
+            "result", "result_stored", "completed_at", "expires_at",
         )
-    if connection.vendor == "sqlite":
-        # Django stores SQLite datetimes as UTC text; this is the same text form.
-        fmt = "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now'"
-        return f"{fmt}, %s)" if offset_param else f"{fmt})"
-    raise NotImplementedError(
-        f"idempotency keys need PostgreSQL or SQLite, not {connection.vendor}"
+    }  # fmt: skip
+    update["token"] = Sql(f"{column('token')} + 1")
+    update["attempts"] = Sql(f"{column('attempts')} + 1")
+    state, lease, expires = column("state"), column("lease_expires_at"), column("expires_at")
+    where = Sql(
+        f"{state} = 'failed' OR ({state} = 'running' AND {lease} < {now})"
+        f" OR ({state} = 'done' AND {expires} < {now})"
     )
-
-
-def _seconds_param(seconds: float) -> Any:
-    return seconds if connection.vendor == "postgresql" else f"{seconds:+.3f} seconds"
-
-
-def _claim_sql(leased: bool, expires: bool) -> str:
-    """Lease mode inserts a running row; atomic mode inserts it done (with a null result),
-    since nobody sees it before the transaction that runs the body commits."""
-    table = connection.ops.quote_name(IdempotencyKey._meta.db_table)
-    now = _clock()
-    lease = _clock(offset_param=True) if leased else "NULL"
-    state, stored, completed = ("'running'", "false", "NULL") if leased else ("'done'", "true", now)
-    expires_at = _clock(offset_param=True) if expires else "NULL"
-    return f"""
-        INSERT INTO {table} (key, task_name, mode, state, owner_task_id, token,
-            lease_expires_at, attempts, result, result_stored, created_at, completed_at,
-            expires_at)
-        VALUES (%s, %s, %s, {state}, %s, 1, {lease}, 1, NULL, {stored}, {now}, {completed},
-            {expires_at})
-        ON CONFLICT (key) DO UPDATE SET
-            task_name = excluded.task_name, mode = excluded.mode, state = excluded.state,
-            owner_task_id = excluded.owner_task_id, token = {table}.token + 1,
-            lease_expires_at = excluded.lease_expires_at, attempts = {table}.attempts + 1,
-            result = NULL, result_stored = excluded.result_stored,
-            completed_at = excluded.completed_at, expires_at = excluded.expires_at
-        WHERE {table}.state = 'failed'
-            OR ({table}.state = 'running' AND {table}.lease_expires_at < {now})
-            OR ({table}.state = 'done' AND {table}.expires_at < {now})
-        RETURNING token
-    """
+    return update, where
 
 
 def claim_key(
@@ -94,21 +94,15 @@ def claim_key(
 ) -> Claim:
     """Claim ``key`` in one statement; with ``lease_seconds=None`` the claim has no lease
     and is meant to run inside the transaction that does the work (atomic mode)."""
-    mode = IdempotencyKey.Mode.ATOMIC if lease_seconds is None else IdempotencyKey.Mode.LEASE
-    params: list[Any] = [key, task_name, mode, owner_task_id]
-    if lease_seconds is not None:
-        params.append(_seconds_param(lease_seconds))
-    ttl = ops_settings.IDEMPOTENCY_KEY_TTL_SECONDS
-    expires = lease_seconds is None and ttl is not None
-    if ttl is not None and expires:
-        params.append(_seconds_param(float(ttl)))
-    sql = _claim_sql(leased=lease_seconds is not None, expires=expires)
+    values = _claim_values(key, task_name, owner_task_id, lease_seconds)
+    update, where = _takeover()
     for _attempt in range(3):
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            row = cursor.fetchone()
-        if row is not None:
-            return Claim(key=key, token=int(row[0]))
+        token = upsert(
+            IdempotencyKey, conflict="key", values=values, update=update, where=where,
+            returning="token",
+        )  # fmt: skip
+        if token is not None:
+            return Claim(key=key, token=int(token))
         existing = IdempotencyKey.objects.filter(key=key).first()
         if existing is not None:
             return Claim(key=key, token=None, existing=existing)

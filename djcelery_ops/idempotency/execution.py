@@ -12,9 +12,10 @@ from django.utils import timezone
 
 from djcelery_ops.conf import ops_settings
 from djcelery_ops.idempotency.claim import Claim, claim_lease, complete_lease, release, run_atomic
-from djcelery_ops.idempotency.keys import HEADER, header_key, key_from_option
+from djcelery_ops.idempotency.keys import header_key, key_from_option
 from djcelery_ops.idempotency.models import IdempotencyKey
-from djcelery_ops.ops.logs import log_event
+from djcelery_ops.logs import log_event
+from djcelery_ops.wire import IDEMPOTENCY_KEY_HEADER
 
 logger = logging.getLogger("djcelery_ops.idempotency")
 
@@ -33,7 +34,7 @@ class IdempotencyKeyBusy(Exception):
 def current_idempotency_key() -> str | None:
     """The key of the running task, to pass downstream as its Idempotency-Key."""
     task = current_task
-    return getattr(task.request, HEADER, None) if task else None
+    return getattr(task.request, IDEMPOTENCY_KEY_HEADER, None) if task else None
 
 
 def key_for_request(task: Any, args: Any, kwargs: Any) -> str | None:
@@ -60,7 +61,7 @@ def run_idempotently(task: Any, args: Any, kwargs: Any, call: Callable[[], Any])
     key = key_for_request(task, args, kwargs)
     if key is None:
         return call()
-    setattr(request, HEADER, key)  # noqa: B010 - the body reads it downstream
+    setattr(request, IDEMPOTENCY_KEY_HEADER, key)  # noqa: B010 - the body reads it downstream
     mode = task.idempotency_mode
     owner = str(request.id or "")
     if mode == IdempotencyKey.Mode.ATOMIC:

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import json
-from collections.abc import Mapping
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
-HEADER = "idempotency_key"
-# Set by LockedDatabaseScheduler on every periodic dispatch: "<schedule name>@<slot time>".
-SCHEDULE_SLOT_HEADER = "djcelery_ops_schedule_slot"
+from djcelery_ops.wire import (
+    IDEMPOTENCY_KEY_HEADER,
+    SCHEDULE_SLOT_HEADER,
+    call_digest,
+    request_header,
+)
+
 MAX_KEY_LENGTH = 255
 
 
 def idempotency_headers(key: str) -> dict[str, str]:
     """Headers for a per-call key: ``task.apply_async(args, headers=idempotency_headers(k))``."""
-    return {HEADER: key}
+    return {IDEMPOTENCY_KEY_HEADER: key}
 
 
 def per_schedule_slot(*args: Any, **kwargs: Any) -> str | None:
@@ -33,18 +35,9 @@ def per_schedule_slot(*args: Any, **kwargs: Any) -> str | None:
     return request_header(current_task.request, SCHEDULE_SLOT_HEADER) if current_task else None
 
 
-def request_header(request: Any, name: str) -> str | None:
-    """A message header: a request attribute in the worker, in ``headers`` in ``apply()``."""
-    headers = getattr(request, "headers", None)
-    if isinstance(headers, Mapping) and headers.get(name):
-        return str(headers[name])
-    value = getattr(request, name, None)
-    return str(value) if value else None
-
-
 def header_key(request: Any) -> str | None:
     """The key a publisher put in the message headers, in the worker or in ``apply()``."""
-    return request_header(request, HEADER)
+    return request_header(request, IDEMPOTENCY_KEY_HEADER)
 
 
 def key_option(task: Any) -> Any:
@@ -98,5 +91,4 @@ def normalise_key(key: str) -> str:
 
 def call_fingerprint(task_name: str, args: Any, kwargs: Any) -> str:
     """A key for a call by its task name and arguments (enqueue-time uniqueness)."""
-    payload = json.dumps([list(args or ()), dict(kwargs or {})], sort_keys=True, default=repr)
-    return f"{task_name}:{hashlib.sha256(payload.encode()).hexdigest()}"
+    return f"{task_name}:{call_digest(args, kwargs)}"

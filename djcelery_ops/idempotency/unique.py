@@ -17,12 +17,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celery.result import AsyncResult
-from django.db import connection
 
-from djcelery_ops.idempotency.claim import _clock, _seconds_param
-from djcelery_ops.idempotency.keys import HEADER, call_fingerprint, key_from_option, normalise_key
+from djcelery_ops.db import Sql, column, now_plus_sql, now_sql, upsert
+from djcelery_ops.idempotency.keys import call_fingerprint, key_from_option, normalise_key
 from djcelery_ops.idempotency.models import EnqueueLock
-from djcelery_ops.ops.logs import log_event
+from djcelery_ops.logs import log_event
+from djcelery_ops.wire import IDEMPOTENCY_KEY_HEADER
 
 logger = logging.getLogger("djcelery_ops.idempotency")
 
@@ -40,25 +40,22 @@ class PendingDuplicate(_AsyncResultBase):
 
 
 def enqueue_key(task: Any, args: Any, kwargs: Any, headers: Any) -> str:
-    header = (headers or {}).get(HEADER) if isinstance(headers, dict) else None
+    header = (headers or {}).get(IDEMPOTENCY_KEY_HEADER) if isinstance(headers, dict) else None
     key = header or key_from_option(task, args, kwargs)
     return normalise_key("unique:" + (key or call_fingerprint(task.name, args, kwargs)))
 
 
 def acquire_enqueue_lock(key: str, task_id: str, seconds: float) -> str | None:
     """Take the lock for ``task_id``; None when taken, else the pending task's id."""
-    table = connection.ops.quote_name(EnqueueLock._meta.db_table)
-    sql = f"""
-        INSERT INTO {table} (key, task_id, expires_at) VALUES (%s, %s, {_clock(True)})
-        ON CONFLICT (key) DO UPDATE SET task_id = excluded.task_id,
-            expires_at = excluded.expires_at
-        WHERE {table}.expires_at < {_clock()}
-        RETURNING task_id
-    """
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [key, task_id, _seconds_param(seconds)])
-        if cursor.fetchone() is not None:
-            return None
+    taken = upsert(
+        EnqueueLock,
+        conflict="key",
+        values={"key": key, "task_id": task_id, "expires_at": now_plus_sql(seconds)},
+        where=Sql(f"{column('expires_at')} < {now_sql().text}"),
+        returning="task_id",
+    )
+    if taken is not None:
+        return None
     pending = EnqueueLock.objects.filter(key=key).values_list("task_id", flat=True).first()
     return pending or ""
 

@@ -8,31 +8,51 @@ runs. Each receiver does a little dict work and hands the event to the batched r
 from __future__ import annotations
 
 import datetime
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Mapping
 from typing import Any
 
+from celery import signals
 from celery.worker import state as worker_state
 from django.conf import settings
 from django.utils import timezone
 
 from djcelery_ops.conf import ops_settings
-from djcelery_ops.deadletter.record import (
+from djcelery_ops.runs.models import ATTEMPT_STRIDE, TaskRun
+from djcelery_ops.runs.recorder import Event, recorder
+from djcelery_ops.signals import dead_lettered
+from djcelery_ops.wire import (
+    PERIODIC_TASK_NAME_HEADER,
     QUEUE_HEADER,
     RECEIVED_AT_KEY,
+    call_digest,
     describe_exception,
     jsonable,
 )
-from djcelery_ops.runs.models import ATTEMPT_STRIDE, TaskRun
-from djcelery_ops.runs.recorder import Event, recorder
 
 logger = logging.getLogger("djcelery_ops.runs")
 State = TaskRun.State
 _active = False
 _started: dict[str, tuple[float, int]] = {}  # task id: (monotonic start, retries)
+
+
+def connect() -> None:
+    """Connect the receivers; each checks ``DJCELERY_OPS_RUNS_ENABLED`` when it fires."""
+    for name, receiver in (
+        ("worker_init", activate),
+        ("worker_process_init", activate),
+        ("worker_process_shutdown", flush_at_shutdown),
+        ("worker_shutdown", flush_at_shutdown),
+        ("task_received", on_task_received),
+        ("task_prerun", on_task_prerun),
+        ("task_postrun", on_task_postrun),
+        ("task_retry", on_task_retry),
+        ("task_failure", on_task_failure),
+        ("task_revoked", on_task_revoked),
+    ):
+        getattr(signals, name).connect(receiver, dispatch_uid=f"djops.runs.{name}")
+    dead_lettered.connect(record_dead_letter, dispatch_uid="djops.runs.dead_lettered")
 
 
 def activate(**kwargs: Any) -> None:
@@ -49,11 +69,8 @@ def flush_at_shutdown(**kwargs: Any) -> None:
 def _records(task: Any) -> bool:
     if not (_active and ops_settings.RUNS_ENABLED):
         return False
-    if ops_settings.RUNS_ALL_TASKS:
-        return True
-    from djcelery_ops.task.base import OpsTask
-
-    return isinstance(task, OpsTask)
+    # OpsTask sets ``record_runs = True``; a task may set it too, either way.
+    return bool(getattr(task, "record_runs", ops_settings.RUNS_ALL_TASKS))
 
 
 def _event(task_id: str, state: str, retries: int, **columns: Any) -> Event:
@@ -87,15 +104,9 @@ def _routing(task_id: str, request: Mapping[str, Any], delivery: Any = None) -> 
         "queue": _text(request.get(QUEUE_HEADER) or delivery.get("routing_key")),
         "root_id": "" if root_id == task_id else _text(root_id),
         "parent_id": _text(request.get("parent_id")),
-        "periodic_task_name": _text(request.get("periodic_task_name")),
+        "periodic_task_name": _text(request.get(PERIODIC_TASK_NAME_HEADER)),
         "tenant": _text(tenant),
     }
-
-
-def args_digest(args: Any, kwargs: Any) -> str:
-    """SHA-256 of the call's JSON: tells equal calls apart without storing the arguments."""
-    text = json.dumps([args, kwargs], sort_keys=True, default=repr, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _moment(epoch: float) -> datetime.datetime:
@@ -148,7 +159,7 @@ def on_task_prerun(
     now = timezone.now()
     received = request.get(RECEIVED_AT_KEY)
     retries = int(request.get("retries") or 0)
-    columns: dict[str, Any] = {"args_digest": args_digest(args, kwargs)}
+    columns: dict[str, Any] = {"args_digest": call_digest(args, kwargs)}
     if ops_settings.RUNS_STORE_ARGS:
         columns.update(args=jsonable(args), kwargs=jsonable(kwargs))
     _started[task_id] = (time.monotonic(), retries)
@@ -257,8 +268,8 @@ def on_task_revoked(
     )
 
 
-def record_dead_letter(record: Any) -> None:
-    """Called by dead-letter capture: this run's final state is ``dead_lettered``.
+def record_dead_letter(sender: Any = None, record: Any = None, **kwargs: Any) -> None:
+    """Receiver of ``dead_lettered``: this run's final state is ``dead_lettered``.
 
     The dead letter itself was stored synchronously; only the run's state is batched.
     Never raises: the dead letter is what matters.

@@ -1,7 +1,8 @@
 """The beat leader lease: one row per lease name, judged by the database clock.
 
-Acquiring and renewing are one conditional UPDATE (``holder`` is us, or the lease expired),
-so of several beat processes exactly one wins; the row count says whether we did. Works on
+Acquiring and renewing are one statement (``djcelery_ops.db.upsert``): insert the lease, or
+take it over where ``holder`` is us or the lease expired, returning a row only to the
+winner, so of several beat processes exactly one wins. Works on
 PostgreSQL and SQLite alike, and nobody's local clock matters for who may take over.
 """
 
@@ -11,11 +12,11 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-from django.db.models import Case, DateTimeField, ExpressionWrapper, F, Q, Value, When
 from django.db.models.functions import Now
 
+from djcelery_ops.db import Sql, column, now_plus_sql, now_sql, proposed, upsert
 from djcelery_ops.schedules.models import SchedulerLease
 
 NEVER_HELD = datetime(2000, 1, 1, tzinfo=UTC)
@@ -34,28 +35,28 @@ def holder_pid(holder: str) -> int | None:
 
 def try_acquire(name: str, holder: str, seconds: float) -> bool:
     """Take or renew the lease for ``seconds`` of database time; True if we hold it now."""
-    if _conditional_update(name, holder, seconds):
-        return True
-    if SchedulerLease.objects.filter(name=name).exists():
-        return False
-    SchedulerLease.objects.get_or_create(name=name, defaults={"expires_at": NEVER_HELD})
-    return _conditional_update(name, holder, seconds)
-
-
-def _conditional_update(name: str, holder: str, seconds: float) -> bool:
-    expires_at = ExpressionWrapper(
-        Now() + Value(timedelta(seconds=seconds)), output_field=DateTimeField()
-    )
-    updated = (
-        SchedulerLease.objects.filter(name=name)
-        .filter(Q(holder=holder) | Q(expires_at__lt=Now()))
-        .update(
-            holder=holder,
-            expires_at=expires_at,
-            acquired_at=Case(When(holder=holder, then=F("acquired_at")), default=Now()),
-        )
-    )
-    return updated == 1
+    now = now_sql()
+    held_by_us = f"{column('holder')} = {proposed('holder')}"
+    won = upsert(
+        SchedulerLease,
+        conflict="name",
+        values={
+            "name": name, "holder": holder, "acquired_at": now,
+            "expires_at": now_plus_sql(seconds),
+        },
+        update={
+            "holder": Sql(proposed("holder")),
+            "expires_at": Sql(proposed("expires_at")),
+            # A renewal keeps the start of the term; a takeover starts a new one.
+            "acquired_at": Sql(
+                f"CASE WHEN {held_by_us} THEN {column('acquired_at')}"
+                f" ELSE {proposed('acquired_at')} END"
+            ),
+        },
+        where=Sql(f"{held_by_us} OR {column('expires_at')} < {now.text}"),
+        returning="holder",
+    )  # fmt: skip
+    return won is not None
 
 
 def release(name: str, holder: str) -> bool:

@@ -9,7 +9,7 @@ from celery import current_app
 from django.db import transaction
 from django_celery_beat.models import PeriodicTask
 
-RUN_NOW_HEADER = "djcelery_ops_run_now_by"
+from djcelery_ops.wire import PERIODIC_TASK_NAME_HEADER, RUN_NOW_HEADER
 
 
 def run_now(task: PeriodicTask, *, requested_by: str) -> None:
@@ -20,7 +20,7 @@ def run_now(task: PeriodicTask, *, requested_by: str) -> None:
     """
     headers = {
         **json.loads(task.headers or "{}"),
-        "periodic_task_name": task.name,
+        PERIODIC_TASK_NAME_HEADER: task.name,
         RUN_NOW_HEADER: requested_by,
     }
     options: dict[str, Any] = {"headers": headers}

@@ -29,8 +29,8 @@ from django_celery_beat.models import PeriodicTask
 from django_celery_beat.schedulers import DatabaseScheduler
 
 from djcelery_ops.conf import ops_settings
-from djcelery_ops.idempotency.keys import SCHEDULE_SLOT_HEADER as SLOT_HEADER
 from djcelery_ops.schedules import leader
+from djcelery_ops.wire import SCHEDULE_SLOT_HEADER
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,8 @@ class LockedDatabaseScheduler(DatabaseScheduler):  # type: ignore[misc]
     def apply_async(
         self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any
     ) -> Any:
-        headers = {**entry.options.get("headers", {}), SLOT_HEADER: schedule_slot_key(entry)}
+        slot = schedule_slot_key(entry)
+        headers = {**entry.options.get("headers", {}), SCHEDULE_SLOT_HEADER: slot}
         entry.options = {**entry.options, "headers": headers}
         return super().apply_async(entry, producer=producer, advance=advance, **kwargs)
 
@@ -182,4 +183,4 @@ class LockedDatabaseScheduler(DatabaseScheduler):  # type: ignore[misc]
         return f"    . lease -> {ops_settings.BEAT_LEASE_NAME} ({role}, {self.lease_holder})"
 
 
-__all__ = ["SLOT_HEADER", "LockedDatabaseScheduler", "schedule_slot", "schedule_slot_key"]
+__all__ = ["LockedDatabaseScheduler", "schedule_slot", "schedule_slot_key"]

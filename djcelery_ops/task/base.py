@@ -14,7 +14,7 @@ from celery.utils.log import get_task_logger
 from djcelery_ops.conf import ops_settings
 from djcelery_ops.exceptions import PermanentError, TransientError
 from djcelery_ops.idempotency.keys import header_key
-from djcelery_ops.ops.logs import log_event
+from djcelery_ops.logs import log_event
 
 task_logger = get_task_logger(__name__)
 
@@ -60,6 +60,10 @@ class OpsTask(Task):  # type: ignore[type-arg]
     retry_backoff_max = _from_setting("TASK_RETRY_BACKOFF_MAX")
     retry_jitter = _from_setting("TASK_RETRY_JITTER")
     # A failure or a hard time limit is final: ack it, dead-letter it, do not loop.
+    # The job-run part records runs of tasks that set this (``DJCELERY_OPS_RUNS_ALL_TASKS``
+    # covers the others); dead-letter capture leaves tasks that record their own failures.
+    record_runs = True
+    captures_own_failures = True
     acks_on_failure = True
     acks_on_timeout = True
     retry_on_worker_lost = False

@@ -10,7 +10,8 @@ from celery.exceptions import Reject
 
 from djcelery_ops import PermanentError, TransientError, ops_task
 from djcelery_ops.idempotency.execution import current_idempotency_key
-from djcelery_ops.idempotency.keys import SCHEDULE_SLOT_HEADER, per_schedule_slot, request_header
+from djcelery_ops.idempotency.keys import per_schedule_slot
+from djcelery_ops.wire import SCHEDULE_SLOT_HEADER, request_header
 
 from .models import Effect, ScheduleSlotRun
 

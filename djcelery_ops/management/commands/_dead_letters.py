@@ -17,8 +17,8 @@ from django.core.management.base import CommandError
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from djcelery_ops.deadletter.replay import Outcome, Plan, Selection
-from djcelery_ops.ops.retention import duration_option, looks_like_duration, positive_int_option
+from djcelery_ops.deadletter.services import Outcome, Plan, Selection
+from djcelery_ops.management.base import duration_option, looks_like_duration, positive_int_option
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 1

@@ -10,7 +10,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from djcelery_ops.deadletter.replay import discard, plan
+from djcelery_ops.deadletter.services import discard, plan
 from djcelery_ops.management.commands import _dead_letters as common
 
 

@@ -11,9 +11,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from djcelery_ops.deadletter.replay import PURGEABLE, purge
+from djcelery_ops.deadletter.services import PURGEABLE, purge
+from djcelery_ops.management.base import duration_option
 from djcelery_ops.management.commands import _dead_letters as common
-from djcelery_ops.ops.retention import duration_option
 
 
 class Command(BaseCommand):

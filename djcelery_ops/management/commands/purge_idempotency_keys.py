@@ -7,8 +7,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
+from djcelery_ops.db import delete_in_batches
 from djcelery_ops.idempotency.models import IdempotencyKey
-from djcelery_ops.ops.retention import delete_in_batches, duration_option
+from djcelery_ops.management.base import duration_option
 
 
 def _keys(count: int) -> str:

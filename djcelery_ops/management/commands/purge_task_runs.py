@@ -10,7 +10,8 @@ from django.core.management.base import BaseCommand
 from django.db.models import Q
 from django.utils import timezone
 
-from djcelery_ops.ops.retention import delete_in_batches, duration_option, positive_int_option
+from djcelery_ops.db import delete_in_batches
+from djcelery_ops.management.base import duration_option, positive_int_option
 from djcelery_ops.runs.models import TaskRun
 
 

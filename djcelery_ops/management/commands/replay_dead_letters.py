@@ -17,7 +17,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from djcelery_ops.conf import ops_settings
-from djcelery_ops.deadletter.replay import Outcome, ReplayError, plan, replay
+from djcelery_ops.deadletter.services import Outcome, ReplayError, plan, replay
 from djcelery_ops.management.commands import _dead_letters as common
 from djcelery_ops.models import Replay
 

@@ -1,8 +1,8 @@
 """Structured logs: every event carries its fields in ``record.ops``, ready for JSON.
 
-Use ``djcelery_ops.ops.logs.JsonFormatter`` on a handler to get one JSON object a line::
+Use ``djcelery_ops.logs.JsonFormatter`` on a handler to get one JSON object a line::
 
-    LOGGING["formatters"]["json"] = {"()": "djcelery_ops.ops.logs.JsonFormatter"}
+    LOGGING["formatters"]["json"] = {"()": "djcelery_ops.logs.JsonFormatter"}
 """
 
 from __future__ import annotations

@@ -1,16 +1,12 @@
-"""Shared pieces of the management commands: ages and counts on the command line, batched
-deletes."""
+"""Shared pieces of the management commands: ages, counts and ids on the command line."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 from django.core.management.base import CommandError
-from django.db import transaction
-from django.db.models import QuerySet
 
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 # Six digits at most: 999999w still fits a timedelta; more would overflow, not fail cleanly.
@@ -48,17 +44,3 @@ def positive_int_option(text: Any, option: str) -> int:
 
 def looks_like_duration(text: str) -> bool:
     return bool(_DURATION.match(text.strip()))
-
-
-def delete_in_batches(rows: QuerySet[Any], batch_size: int) -> Iterator[int]:
-    """Delete ``rows`` ``batch_size`` at a time, yielding the running count of deleted rows.
-
-    Each batch re-applies the queryset's filters in its own transaction, so a row that
-    stopped matching meanwhile (a dead letter replayed during a purge) is kept.
-    """
-    model_label = rows.model._meta.label
-    deleted = 0
-    while ids := list(rows.order_by("pk").values_list("pk", flat=True)[:batch_size]):
-        with transaction.atomic():
-            deleted += rows.filter(pk__in=ids).delete()[1].get(model_label, 0)
-        yield deleted

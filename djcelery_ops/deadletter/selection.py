@@ -1,0 +1,120 @@
+"""Which dead letters an operator means, and what replaying or discarding them would do.
+
+The admin and the commands build a ``Selection`` (or pass a queryset or ids); ``plan``
+counts per task what an action would change and what it would skip, for confirmation
+pages and dry runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+
+from django.db.models import Count, QuerySet
+
+from djcelery_ops.deadletter.models import DeadLetter
+
+Status = DeadLetter.Status
+
+SKIP_NOT_FOUND = "not found"
+SKIP_TRUNCATED = "payload truncated"
+
+
+@dataclasses.dataclass
+class Plan:
+    """What a replay or discard of a selection would do, for confirmation and dry runs."""
+
+    total: int
+    per_task: list[tuple[str, int]]
+    skipped: list[tuple[str, int]]
+
+    @property
+    def applicable(self) -> int:
+        return sum(count for _task, count in self.per_task)
+
+
+def skip_reason(status: str, truncated: bool, *, editable: bool = False) -> str | None:
+    """Why a row cannot be replayed, or None when it can."""
+    if status != Status.PENDING:
+        return f"already {status}"
+    if truncated and not editable:
+        return SKIP_TRUNCATED
+    return None
+
+
+def plan(queryset: QuerySet[DeadLetter], *, action: str = "replay") -> Plan:
+    """Count per task what ``replay``/``discard`` would change and what it would skip."""
+    rows = queryset.order_by().values("status", "payload_truncated", "task_name")
+    counts = rows.annotate(n=Count("pk")).values_list(
+        "task_name", "status", "payload_truncated", "n"
+    )
+    per_task: Counter[str] = Counter()
+    skipped: Counter[str] = Counter()
+    for task_name, status, truncated, n in counts:
+        reason = skip_reason(status, truncated and action == "replay")
+        if reason is None:
+            per_task[task_name] += n
+        else:
+            skipped[reason] += n
+    total = sum(per_task.values()) + sum(skipped.values())
+    return Plan(total, sorted(per_task.items()), sorted(skipped.items()))
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """Which dead letters an operator means; the admin and the commands build one."""
+
+    task: str | None = None
+    failure_reason: str | None = None
+    exception: str | None = None
+    fingerprint: str | None = None
+    queue: str | None = None
+    since: datetime.datetime | None = None
+    until: datetime.datetime | None = None
+    ids: tuple[int, ...] = ()
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.failure_reason is not None and self.failure_reason not in DeadLetter.Reason:
+            choices = ", ".join(DeadLetter.Reason.values)
+            raise ValueError(f"unknown failure reason {self.failure_reason!r} (one of {choices})")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError("limit must be a positive number")
+        if self.since and self.until and self.since > self.until:
+            raise ValueError("since is after until")
+
+    def queryset(self, status: str | None = Status.PENDING) -> QuerySet[DeadLetter]:
+        """Matching rows, oldest id first (so an interrupted run resumes in order)."""
+        rows = DeadLetter.objects.all()
+        if status is not None:
+            rows = rows.filter(status=status)
+        exact = {
+            "task_name": self.task,
+            "reason": self.failure_reason,
+            "exception_class": self.exception,
+            "fingerprint": self.fingerprint,
+            "queue": self.queue,
+            "last_failed_at__gte": self.since,
+            "last_failed_at__lt": self.until,
+        }
+        rows = rows.filter(**{key: value for key, value in exact.items() if value is not None})
+        if self.ids:
+            rows = rows.filter(pk__in=self.ids)
+        rows = rows.order_by("pk")
+        return rows[: self.limit] if self.limit else rows
+
+
+def chunks(ids: Sequence[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(ids), size):
+        yield list(ids[start : start + size])
+
+
+def selected_ids(dead_letters: QuerySet[DeadLetter] | Iterable[DeadLetter | int]) -> list[int]:
+    if isinstance(dead_letters, QuerySet):
+        if not dead_letters.query.is_sliced:
+            dead_letters = dead_letters.order_by("pk")
+        return sorted(dead_letters.values_list("pk", flat=True))
+    ids = {letter if isinstance(letter, int) else letter.pk for letter in dead_letters}
+    return sorted(ids)

@@ -1,0 +1,71 @@
+"""Moving pending dead letters to another status, each row at most once.
+
+``claim`` is one conditional ``UPDATE ... WHERE status = 'pending' RETURNING id``: only
+the rows this statement changed are acted on, so two operators or two commands replaying
+or discarding the same rows at once act on each row once. Replay and discard share it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from django.db import connection
+from django.utils import timezone
+
+from djcelery_ops.deadletter.models import DeadLetter
+from djcelery_ops.deadletter.selection import SKIP_NOT_FOUND, skip_reason
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+
+    Actor = AbstractBaseUser | str
+
+Status = DeadLetter.Status
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What a replay or discard did: rows changed, per task, and rows skipped and why."""
+
+    run_id: str
+    done: int = 0
+    per_task: Counter[str] = dataclasses.field(default_factory=Counter)
+    skipped: Counter[str] = dataclasses.field(default_factory=Counter)
+    dead_letter_ids: list[int] = dataclasses.field(default_factory=list)
+    new_task_ids: list[str] = dataclasses.field(default_factory=list)
+
+
+def actor_of(by: Actor) -> tuple[Any, str]:
+    if isinstance(by, str):
+        return None, by[:255]
+    return by, str(by.get_username())[:255]
+
+
+def claim(ids: list[int], status: str, *, allow_truncated: bool) -> list[int]:
+    """Move pending rows to ``status``; return the ids this statement changed."""
+    table = connection.ops.quote_name(DeadLetter._meta.db_table)
+    marks = ", ".join(["%s"] * len(ids))
+    truncated = "" if allow_truncated else " AND payload_truncated = %s"
+    params: list[Any] = [status, timezone.now(), *ids, Status.PENDING]
+    if not allow_truncated:
+        params.append(False)
+    where = f"id IN ({marks}) AND status = %s{truncated}"
+    sql = f"UPDATE {table} SET status = %s, updated_at = %s WHERE {where} RETURNING id"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return sorted(row[0] for row in cursor.fetchall())
+
+
+def count_skipped(outcome: Outcome, ids: list[int], claimed: list[int], editable: bool) -> None:
+    missed = sorted(set(ids) - set(claimed))
+    if not missed:
+        return
+    found = list(
+        DeadLetter.objects.filter(pk__in=missed).values_list("status", "payload_truncated")
+    )
+    for status, truncated in found:
+        outcome.skipped[skip_reason(status, truncated, editable=editable) or "changed"] += 1
+    if len(found) < len(missed):
+        outcome.skipped[SKIP_NOT_FOUND] += len(missed) - len(found)
