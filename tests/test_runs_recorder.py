@@ -12,9 +12,13 @@ from django.test.utils import CaptureQueriesContext
 
 from djcelery_ops.models import TaskRun
 from djcelery_ops.runs import receivers
+from djcelery_ops.runs import recorder as recorder_module
+from djcelery_ops.runs.merge import merge_events
 from djcelery_ops.runs.models import ATTEMPT_STRIDE
-from djcelery_ops.runs.recorder import RunRecorder, merge_events, write_runs
+from djcelery_ops.runs.recorder import RunRecorder
+from djcelery_ops.runs.sql import write_runs
 from djcelery_ops.wire import call_digest
+from tests.utils import wait_until
 
 pytestmark = pytest.mark.django_db
 State = TaskRun.State
@@ -95,8 +99,7 @@ def test_one_batch__is_one_statement_for_hundreds_of_runs():
 
 
 def test_recorder__merges_events_of_one_task_id_and_flushes_them_together():
-    recorder = RunRecorder()
-    recorder._thread = object()  # type: ignore[assignment]  # flush by hand, no thread
+    recorder = unstarted_recorder()
     for one in (SUCCEEDED, RECEIVED, STARTED):
         recorder.add(one)
     assert recorder.pending == 1
@@ -113,8 +116,7 @@ def rename_table(old: str, new: str) -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_recorder__keeps_the_batch_while_the_table_is_unreachable_then_writes_it():
-    recorder = RunRecorder()
-    recorder._thread = object()  # type: ignore[assignment]
+    recorder = unstarted_recorder()
     recorder.add(RECEIVED)
     rename_table("djcelery_ops_taskrun", "djcelery_ops_taskrun_away")
     try:
@@ -129,8 +131,7 @@ def test_recorder__keeps_the_batch_while_the_table_is_unreachable_then_writes_it
 
 @pytest.mark.django_db(transaction=True)
 def test_recorder__drops_a_batch_the_database_refuses_and_goes_on():
-    recorder = RunRecorder()
-    recorder._thread = object()  # type: ignore[assignment]
+    recorder = unstarted_recorder()
     recorder.add({**RECEIVED, "progress": -1})  # violates the column's check constraint
     assert recorder.flush() == 0
     assert recorder.pending == 0
@@ -139,9 +140,7 @@ def test_recorder__drops_a_batch_the_database_refuses_and_goes_on():
 
 
 def unstarted_recorder() -> RunRecorder:
-    recorder = RunRecorder()
-    recorder._thread = object()  # type: ignore[assignment]  # flushes are the test's
-    return recorder
+    return RunRecorder(start_writer=False)  # flushes are the test's
 
 
 @pytest.mark.django_db(transaction=True)
@@ -256,3 +255,34 @@ def test_receivers__record_ops_tasks_or_every_task_by_setting(settings, monkeypa
 def test_call_digest__is_stable_and_tells_calls_apart():
     assert call_digest([1], {"a": 2}) == call_digest((1,), {"a": 2})
     assert call_digest([1], {"a": 2}) != call_digest([1], {"a": 3})
+
+
+@pytest.mark.django_db(transaction=True)
+def test_writer__survives_an_unexpected_error_and_writes_the_batch_later(settings, monkeypatch):
+    settings.DJCELERY_OPS_RUNS_FLUSH_INTERVAL = 0.05
+    real_write, calls = recorder_module.write_runs, []
+
+    def write_once_broken(events):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("not a database error: the writer must go on")
+        return real_write(events)
+
+    monkeypatch.setattr(recorder_module, "write_runs", write_once_broken)
+    recorder = RunRecorder()
+    try:
+        recorder.add(RECEIVED)
+        wait_until(lambda: TaskRun.objects.filter(task_id="t1").exists(), timeout=10)
+        assert recorder._thread is not None and recorder._thread.is_alive()
+        assert len(calls) >= 2 and recorder.dropped == 0
+    finally:
+        recorder.close()
+
+
+def test_buffer__is_bounded_and_counts_what_it_drops(settings):
+    settings.DJCELERY_OPS_RUNS_BATCH_SIZE = 5  # a buffer of 20 batches: 100 task ids
+    recorder = unstarted_recorder()
+    for number in range(150):
+        recorder.add({**RECEIVED, "task_id": f"t{number}"})
+    recorder.add({**STARTED, "task_id": "t0"})  # a known task id still merges
+    assert (recorder.pending, recorder.dropped) == (100, 50)

@@ -19,8 +19,9 @@ from django.conf import settings
 from django.utils import timezone
 
 from djcelery_ops.conf import ops_settings
+from djcelery_ops.runs.merge import Event
 from djcelery_ops.runs.models import ATTEMPT_STRIDE, TaskRun
-from djcelery_ops.runs.recorder import Event, recorder
+from djcelery_ops.runs.recorder import recorder
 from djcelery_ops.signals import dead_lettered
 from djcelery_ops.wire import (
     PERIODIC_TASK_NAME_HEADER,
