@@ -97,7 +97,7 @@ CELERY_RESULT_BACKEND = "django-db"
 CELERY_RESULT_EXTENDED = True
 CELERY_TIMEZONE = TIME_ZONE
 # django-celery-beat's DatabaseScheduler with a leader lease: safe to run beat twice.
-CELERY_BEAT_SCHEDULER = "djcelery_ops.schedules.scheduler:LockedDatabaseScheduler"
+CELERY_BEAT_SCHEDULER = "djcelery_ops.LockedDatabaseScheduler"
 
 # Schedules as code, synced into django-celery-beat by `manage.py sync_schedules`.
 DJCELERY_OPS_SCHEDULES = [

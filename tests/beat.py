@@ -14,7 +14,7 @@ from django.db import connection
 
 from tests.worker import CeleryProcess
 
-SCHEDULER = "djcelery_ops.schedules.scheduler:LockedDatabaseScheduler"
+SCHEDULER = "djcelery_ops.LockedDatabaseScheduler"  # the public path users put in settings
 
 
 class BeatProcess(CeleryProcess):

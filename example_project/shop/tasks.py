@@ -10,8 +10,7 @@ from django.db import transaction
 from django.db.models import Count, Sum
 from django.utils import timezone
 
-from djcelery_ops import PermanentError, ops_task
-from djcelery_ops.idempotency.keys import per_schedule_slot
+from djcelery_ops import PermanentError, ops_task, per_schedule_slot
 
 from .models import DailyReport, Payment, ProviderCharge, WebhookDelivery
 
