@@ -12,8 +12,8 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.contrib.admin.utils import unquote
 from django.contrib.admin.models import CHANGE, LogEntry
+from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
@@ -28,6 +28,7 @@ from djcelery_ops.admin.mixins import ReadOnlyAdminMixin
 from djcelery_ops.deadletter import replay as service
 from djcelery_ops.deadletter.forms import EditReplayForm, ReasonForm
 from djcelery_ops.deadletter.models import DeadLetter
+
 
 def _pretty(value: Any) -> SafeString:
     # format_html escapes the JSON: args are user data and may hold markup.

@@ -27,4 +27,3 @@ class IdempotencyKeyAdmin(ReadOnlyAdminMixin[IdempotencyKey]):
     date_hierarchy = "created_at"
     list_per_page = 50
     show_full_result_count = False
-
