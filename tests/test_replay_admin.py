@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Permission, User
@@ -173,3 +175,72 @@ def test_groups__counts_and_replay_of_a_whole_group(client, celery_queue, publis
     assert DeadLetter.objects.get(pk=other.pk).status == "pending"
     denied = reverse("admin:djcelery_ops_deadletter_group_action", args=["discard"])
     assert client.get(denied, {"fingerprint": fingerprint}).status_code == 403
+
+
+DEEP = "[" * 5000 + "]" * 5000
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error"),
+    [
+        (DEEP, "{}", "Nested more than 100 levels deep."),
+        ("[" * 101 + "]" * 101, "{}", "Nested more than 100 levels deep."),
+        ("[NaN]", "{}", "NaN is not JSON"),
+        ("[1]", '{"a": Infinity}', "Infinity is not JSON"),
+        ("[-Infinity]", "{}", "-Infinity is not JSON"),
+        ("[1e999]", "{}", "inf is not JSON"),
+        ('["a\\u0000b"]', "{}", "may not contain NUL"),
+        ("[1]", '{"\\u0000": 1}', "may not contain NUL"),
+        ('["\\ud800"]', "{}", "lone surrogates"),
+        ("[1]", '{"k": ["\\udfff"]}', "lone surrogates"),
+    ],
+)
+def test_edit_and_replay__unstorable_json_is_a_form_error_and_the_row_is_untouched(
+    client, celery_queue, args, kwargs, error
+):
+    operator(client, "replay_deadletter")
+    letter = dead_letter(args=[1], kwargs={"amount": 10}, options={"queue": celery_queue})
+    url = reverse("admin:djcelery_ops_deadletter_edit_replay", args=[letter.pk])
+    response = client.post(url, {"args": args, "kwargs": kwargs, "reason": "fix"})
+    assert response.status_code == 200
+    assert error in response.content.decode().replace("&quot;", '"')
+    assert "Nothing was published." in response.content.decode()
+    letter.refresh_from_db()
+    assert (letter.status, letter.args, letter.kwargs) == ("pending", [1], {"amount": 10})
+    assert not Replay.objects.exists() and drain(celery_queue) == []
+
+
+def test_edit_and_replay__a_malformed_or_unknown_id_is_404(client):
+    operator(client, "replay_deadletter")
+    letter = dead_letter()
+    for object_id in ("abc", "1.5", str(letter.pk + 1000)):
+        url = f"/admin/djcelery_ops/deadletter/{object_id}/replay/"
+        assert client.get(url).status_code == 404, object_id
+        post = {"args": "[]", "kwargs": "{}", "reason": "x"}
+        assert client.post(url, post).status_code == 404, object_id
+    assert DeadLetter.objects.get().status == "pending"
+
+
+def test_edit_and_replay__a_truncated_payload_is_not_offered_as_arguments(
+    client, celery_queue, publishing, settings
+):
+    settings.DJCELERY_OPS_DEAD_LETTER_MAX_PAYLOAD_BYTES = 1500
+    operator(client, "replay_deadletter")
+    letter = dead_letter(args=["x" * 2000], kwargs={}, options={"queue": celery_queue})
+    assert letter.payload_truncated and "__truncated__" in letter.args[0]
+    url = reverse("admin:djcelery_ops_deadletter_edit_replay", args=[letter.pk])
+
+    form = client.get(url).context["form"]
+    assert form["args"].value() in (None, "") and form["kwargs"].value() in (None, "")
+    assert "__truncated__" not in client.get(url).content.decode()
+
+    stored = json.dumps(letter.args)
+    page = client.post(url, {"args": stored, "kwargs": "{}", "reason": "as stored"})
+    assert "preview of a truncated payload" in str(page.context["form"].errors["args"])
+    assert not Replay.objects.exists() and drain(celery_queue) == []
+
+    with publishing():
+        response = client.post(url, {"args": '["full"]', "kwargs": "{}", "reason": "complete"})
+    assert response.status_code == 302
+    [message] = drain(celery_queue)
+    assert message["args"] == ["full"]

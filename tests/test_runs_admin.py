@@ -20,6 +20,8 @@ from django.utils import timezone
 
 from djcelery_ops.models import TaskRun
 from djcelery_ops.runs import charts
+from djcelery_ops.runs.admin import CappedCountPaginator
+from djcelery_ops.runs.views import dashboard_data
 from tests.factories import dead_letter
 from tests.utils import skip_without_browser
 
@@ -208,3 +210,27 @@ def test_dashboard__renders_in_headless_chromium(staff_client, tmp_path):
     )  # fmt: skip
     assert png_size(png_path) == (1400, 1000)
     assert png_path.stat().st_size > 30_000  # a blank page is a few kilobytes
+
+
+@pytest.mark.parametrize("zone", ["Asia/Kolkata", "Asia/Kathmandu", "UTC"])
+def test_dashboard__hourly_buckets_count_every_run_in_a_half_hour_time_zone(settings, zone):
+    settings.TIME_ZONE = zone
+    now = timezone.now()
+    for minutes in (5, 40, 95, 150, 300):
+        make_run(f"tz-{minutes}", received_at=now - datetime.timedelta(minutes=minutes))
+    make_run("tz-failed", State.FAILED, received_at=now - datetime.timedelta(minutes=61))
+    buckets = dashboard_data(24, now=now)["throughput"]
+    assert sum(bucket.total for bucket in buckets) == 6
+    assert sum(bucket.failed for bucket in buckets) == 1
+    # The buckets start on the zone's hours and are labelled in its local time.
+    assert {(bucket.start.minute, bucket.start.utcoffset()) for bucket in buckets} == {
+        (0, timezone.localtime(now).utcoffset())
+    }
+
+
+def test_changelist__the_count_cap_is_the_paginators(staff_client, monkeypatch):
+    monkeypatch.setattr(CappedCountPaginator, "cap", 3)
+    TaskRun.objects.bulk_create(
+        TaskRun(task_id=f"c{i}", task_name="bulk.task", state=State.SUCCEEDED) for i in range(4)
+    )
+    assert "more than 3 task runs" in page(staff_client, reverse(CHANGELIST))

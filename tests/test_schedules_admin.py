@@ -148,3 +148,22 @@ def test_admin__lease_page_shows_the_holder_read_only(admin_client):
     assert 'alt="True"' in page
     assert reverse("admin:djcelery_ops_schedulerlease_add") not in page
     assert admin_client.get(reverse("admin:djcelery_ops_schedulerlease_add")).status_code == 403
+
+
+def _lease_changelist_queries(client, rows: int, django_assert_num_queries) -> str:
+    SchedulerLease.objects.all().delete()
+    for index in range(rows):
+        try_acquire(f"lease-{index:02}", f"host:{index}:abc", 30)
+    # session, user, filtered and full count, the rows: the same for 1 row and for 20
+    with django_assert_num_queries(5):
+        response = client.get(reverse("admin:djcelery_ops_schedulerlease_changelist"))
+    return response.content.decode()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("rows", [1, 20])
+def test_admin__lease_changelist_is_a_constant_number_of_queries(
+    admin_client, django_assert_num_queries, rows
+):
+    page = _lease_changelist_queries(admin_client, rows, django_assert_num_queries)
+    assert page.count('alt="True"') == rows

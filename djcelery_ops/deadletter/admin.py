@@ -8,15 +8,15 @@ like Django's ``delete_selected``). "Edit and replay" and the grouped view are e
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.models import CHANGE, LogEntry
+from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.shortcuts import get_object_or_404
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
@@ -24,14 +24,10 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
+from djcelery_ops.admin.mixins import ReadOnlyAdminMixin
 from djcelery_ops.deadletter import services as service
 from djcelery_ops.deadletter.forms import EditReplayForm, ReasonForm
 from djcelery_ops.deadletter.models import DeadLetter
-
-if TYPE_CHECKING:
-    _DeadLetterAdminBase = admin.ModelAdmin[DeadLetter]
-else:  # ModelAdmin is generic only in django-stubs
-    _DeadLetterAdminBase = admin.ModelAdmin
 
 
 def _pretty(value: Any) -> SafeString:
@@ -39,8 +35,16 @@ def _pretty(value: Any) -> SafeString:
     return format_html("<pre>{}</pre>", json.dumps(value, indent=2, sort_keys=True))
 
 
+def _edit_initial(letter: DeadLetter) -> dict[str, str]:
+    # A truncated row holds a marked preview, not the call: prefilling it would invite
+    # publishing the marker as the task's arguments.
+    if letter.payload_truncated:
+        return {}
+    return {"args": json.dumps(letter.args), "kwargs": json.dumps(letter.kwargs)}
+
+
 @admin.register(DeadLetter)
-class DeadLetterAdmin(_DeadLetterAdminBase):
+class DeadLetterAdmin(ReadOnlyAdminMixin[DeadLetter]):
     list_display = [
         "task_name",
         "reason",
@@ -83,18 +87,6 @@ class DeadLetterAdmin(_DeadLetterAdminBase):
     change_list_template = "admin/djcelery_ops/deadletter/change_list.html"
     change_form_template = "admin/djcelery_ops/deadletter/change_form.html"
     action_confirmation_template: str | None = None
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: DeadLetter | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: DeadLetter | None = None) -> bool:
-        return False
-
-    def get_readonly_fields(self, request: HttpRequest, obj: DeadLetter | None = None) -> list[str]:
-        return [str(field) for _name, options in self.fieldsets for field in options["fields"]]
 
     @admin.display(description=_("message"))
     def short_message(self, obj: DeadLetter) -> str:
@@ -295,10 +287,13 @@ class DeadLetterAdmin(_DeadLetterAdminBase):
     def edit_and_replay_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         if not self.has_replay_permission(request):
             raise PermissionDenied
-        letter = get_object_or_404(DeadLetter, pk=object_id)
+        letter = self.get_object(request, unquote(object_id))
+        if letter is None:  # also a malformed id: get_object answers None, not ValueError
+            raise Http404(_("No dead letter with this id."))
         change_url = reverse("admin:djcelery_ops_deadletter_change", args=[letter.pk])
-        initial = {"args": json.dumps(letter.args), "kwargs": json.dumps(letter.kwargs)}
-        form = EditReplayForm(request.POST or None, initial=initial)
+        form = EditReplayForm(
+            request.POST or None, initial=_edit_initial(letter), truncated=letter.payload_truncated
+        )
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data
             try:

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from django.contrib import admin
-from django.http import HttpRequest
 
+from djcelery_ops.admin.mixins import ReadOnlyAdminMixin
 from djcelery_ops.idempotency.models import IdempotencyKey
-
-if TYPE_CHECKING:
-    _KeyAdminBase = admin.ModelAdmin[IdempotencyKey]
-else:  # ModelAdmin is generic only in django-stubs
-    _KeyAdminBase = admin.ModelAdmin
 
 
 @admin.register(IdempotencyKey)
-class IdempotencyKeyAdmin(_KeyAdminBase):
+class IdempotencyKeyAdmin(ReadOnlyAdminMixin[IdempotencyKey]):
     list_display = [
         "key",
         "task_name",
@@ -34,16 +27,3 @@ class IdempotencyKeyAdmin(_KeyAdminBase):
     date_hierarchy = "created_at"
     list_per_page = 50
     show_full_result_count = False
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(
-        self, request: HttpRequest, obj: IdempotencyKey | None = None
-    ) -> bool:
-        return False
-
-    def has_delete_permission(
-        self, request: HttpRequest, obj: IdempotencyKey | None = None
-    ) -> bool:
-        return False

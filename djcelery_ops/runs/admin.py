@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.contrib import admin
 from django.core.paginator import Paginator
@@ -16,14 +16,10 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 
+from djcelery_ops.admin.mixins import ReadOnlyAdminMixin
 from djcelery_ops.runs.models import TaskRun
 from djcelery_ops.runs.stats import distinct_values
 from djcelery_ops.runs.views import dashboard_view
-
-if TYPE_CHECKING:
-    _TaskRunAdminBase = admin.ModelAdmin[TaskRun]
-else:  # ModelAdmin is generic only in django-stubs
-    _TaskRunAdminBase = admin.ModelAdmin
 
 COUNT_CAP = 10_000
 LINEAGE_FIELDS = ("parent_link", "root_link", "children_links", "dead_letter_link")
@@ -32,12 +28,17 @@ CHILDREN_SHOWN = 50
 
 
 class CappedCountPaginator(Paginator):  # type: ignore[type-arg]
-    """Counts at most ``COUNT_CAP + 1`` rows: an exact count of millions costs seconds."""
+    """Counts at most ``cap + 1`` rows: an exact count of millions costs seconds.
+
+    The changelist's pagination template reads ``cl.paginator.cap`` to say "more than".
+    """
+
+    cap = COUNT_CAP
 
     @cached_property
     def count(self) -> int:
         rows: Any = self.object_list
-        return int(rows[: COUNT_CAP + 1].count())
+        return int(rows[: self.cap + 1].count())
 
 
 class _DistinctValuesFilter(admin.SimpleListFilter):
@@ -83,7 +84,7 @@ class ReceivedWithinFilter(admin.SimpleListFilter):
         return queryset.filter(received_at__gte=timezone.now() - datetime.timedelta(hours=hours))
 
 
-class TaskRunAdmin(_TaskRunAdminBase):
+class TaskRunAdmin(ReadOnlyAdminMixin[TaskRun]):
     list_display = [
         "task_name",
         "state",
@@ -117,12 +118,6 @@ class TaskRunAdmin(_TaskRunAdminBase):
         (_("Routing and call"), {"fields": ROUTING_FIELDS}),
     ]
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: TaskRun | None = None) -> bool:
-        return False
-
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[TaskRun], search_term: str
     ) -> tuple[QuerySet[TaskRun], bool]:
@@ -133,9 +128,6 @@ class TaskRunAdmin(_TaskRunAdminBase):
         for field in self.search_fields:
             match |= Q(**{field: term})
         return queryset.filter(match), False
-
-    def get_readonly_fields(self, request: HttpRequest, obj: TaskRun | None = None) -> list[str]:
-        return [str(field) for _name, options in self.fieldsets for field in options["fields"]]
 
     def get_urls(self) -> list[URLPattern]:
         dashboard = path(

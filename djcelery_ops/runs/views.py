@@ -18,6 +18,7 @@ from djcelery_ops.runs.models import TaskRun
 WINDOWS = {"1h": 1, "6h": 6, "24h": 24, "7d": 24 * 7}
 DEFAULT_WINDOW = "24h"
 TOP = 10
+HOUR = datetime.timedelta(hours=1)
 
 
 def dashboard_data(hours: int, now: datetime.datetime | None = None) -> dict[str, Any]:
@@ -47,22 +48,30 @@ def dashboard_data(hours: int, now: datetime.datetime | None = None) -> dict[str
 
 
 def _hourly(runs: Any, since: datetime.datetime, now: datetime.datetime) -> list[charts.Bucket]:
-    counts = {
-        row["hour"]: row
-        for row in runs.order_by()
+    # TruncHour truncates in the current time zone, so the buckets start on its hours too
+    # (in Asia/Kolkata on :30 UTC). Rows are placed by UTC offset from the first bucket:
+    # subtracting two datetimes of one zone would ignore a DST change between them.
+    rows = (
+        runs.order_by()
         .annotate(hour=TruncHour("received_at"))
         .values("hour")
         .annotate(
             total=Count("*"), failed=Count("state", filter=Q(state__in=TaskRun.FAILED_STATES))
         )
-    }
-    start = since.replace(minute=0, second=0, microsecond=0)
-    buckets = []
-    while start <= now:
-        row = counts.get(start, {"total": 0, "failed": 0})
-        buckets.append(charts.Bucket(start, row["total"], row["failed"]))
-        start += datetime.timedelta(hours=1)
-    return buckets
+    )
+    start = timezone.localtime(since).replace(minute=0, second=0, microsecond=0)
+    start = start.astimezone(datetime.UTC)
+    size = int((now - start) // HOUR) + 1
+    totals, failed = [0] * size, [0] * size
+    for row in rows:
+        index = int((row["hour"].astimezone(datetime.UTC) - start) // HOUR)
+        if 0 <= index < size:
+            totals[index] += row["total"]
+            failed[index] += row["failed"]
+    return [
+        charts.Bucket(timezone.localtime(start + index * HOUR), totals[index], failed[index])
+        for index in range(size)
+    ]
 
 
 def _runtimes(row: dict[str, Any]) -> dict[str, float | None]:

@@ -71,7 +71,7 @@ class OpsTask(Task):  # type: ignore[type-arg]
     retry_for: tuple[type[BaseException], ...] = (TransientError, ConnectionError, TimeoutError)
     dead_letter_for: tuple[type[BaseException], ...] = (PermanentError,)
 
-    # Execution-time idempotency and enqueue-time uniqueness: docs/idempotency.md.
+    # Execution-time idempotency and enqueue-time uniqueness: README.md, "Idempotency".
     idempotency_key: str | Callable[..., Any] | None = None
     idempotency_mode = _from_setting("IDEMPOTENCY_DEFAULT_MODE")
     unique_for: float | None = None
