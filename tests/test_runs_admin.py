@@ -18,10 +18,10 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
+from djcelery_ops.admin import charts
+from djcelery_ops.admin.dashboard import dashboard_data
+from djcelery_ops.admin.runs import CappedCountPaginator
 from djcelery_ops.models import TaskRun
-from djcelery_ops.runs import charts
-from djcelery_ops.runs.admin import CappedCountPaginator
-from djcelery_ops.runs.views import dashboard_data
 from tests.factories import dead_letter
 from tests.utils import skip_without_browser
 

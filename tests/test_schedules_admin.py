@@ -12,7 +12,7 @@ from django.core.management import call_command
 from django.urls import reverse
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 
-from djcelery_ops.schedules.admin import OpsPeriodicTaskAdmin, SchedulerLeaseAdmin
+from djcelery_ops.admin.schedules import OpsPeriodicTaskAdmin, SchedulerLeaseAdmin
 from djcelery_ops.schedules.leader import try_acquire
 from djcelery_ops.schedules.models import SchedulerLease
 from djcelery_ops.schedules.timing import dst_clashes, next_run_times

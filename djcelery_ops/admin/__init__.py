@@ -1,6 +1,10 @@
-"""ModelAdmins of djcelery_ops; actions call service functions and hold no logic."""
+"""The admin face: ModelAdmins, their forms and the job-run dashboard.
 
-from djcelery_ops.deadletter import admin as _deadletter_admin  # noqa: F401
-from djcelery_ops.idempotency import admin as _idempotency_admin  # noqa: F401
-from djcelery_ops.runs import admin as _runs_admin  # noqa: F401
-from djcelery_ops.schedules import admin as _schedules_admin  # noqa: F401
+Actions and views call the parts' service functions and hold no logic. Importing this
+package registers the ModelAdmins (Django's admin autodiscovery imports it).
+"""
+
+from djcelery_ops.admin import deadletter as _deadletter  # noqa: F401
+from djcelery_ops.admin import idempotency as _idempotency  # noqa: F401
+from djcelery_ops.admin import runs as _runs  # noqa: F401
+from djcelery_ops.admin import schedules as _schedules  # noqa: F401

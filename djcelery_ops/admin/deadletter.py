@@ -24,9 +24,9 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
+from djcelery_ops.admin.forms import EditReplayForm, ReasonForm
 from djcelery_ops.admin.mixins import ReadOnlyAdminMixin
 from djcelery_ops.deadletter import services as service
-from djcelery_ops.deadletter.forms import EditReplayForm, ReasonForm
 from djcelery_ops.deadletter.models import DeadLetter
 
 

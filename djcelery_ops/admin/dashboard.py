@@ -11,8 +11,8 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
+from djcelery_ops.admin import charts
 from djcelery_ops.deadletter.models import DeadLetter
-from djcelery_ops.runs import charts
 from djcelery_ops.runs.models import TaskRun
 
 WINDOWS = {"1h": 1, "6h": 6, "24h": 24, "7d": 24 * 7}

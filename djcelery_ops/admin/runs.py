@@ -16,10 +16,10 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 
+from djcelery_ops.admin.dashboard import dashboard_view
 from djcelery_ops.admin.mixins import ReadOnlyAdminMixin
 from djcelery_ops.runs.models import TaskRun
 from djcelery_ops.runs.stats import distinct_values
-from djcelery_ops.runs.views import dashboard_view
 
 COUNT_CAP = 10_000
 LINEAGE_FIELDS = ("parent_link", "root_link", "children_links", "dead_letter_link")
