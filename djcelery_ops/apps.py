@@ -11,8 +11,7 @@ class DjceleryOpsConfig(AppConfig):
 
     def ready(self) -> None:
         # Importing registers the system checks; connecting is idempotent (dispatch_uid).
-        from djcelery_ops.ops import checks  # noqa: F401
-        from djcelery_ops.schedules import checks as _schedules_checks  # noqa: F401
+        from djcelery_ops import checks  # noqa: F401
         from djcelery_ops.signals import connect_signals
 
         connect_signals()
