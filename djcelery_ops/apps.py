@@ -13,10 +13,9 @@ class DjceleryOpsConfig(AppConfig):
         # Importing registers the system checks; connecting is idempotent (dispatch_uid).
         from celery import signals
 
+        from djcelery_ops import checks  # noqa: F401
         from djcelery_ops.deadletter import receivers as deadletter_receivers
-        from djcelery_ops.ops import checks  # noqa: F401
         from djcelery_ops.runs import receivers as runs_receivers
-        from djcelery_ops.schedules import checks as _schedules_checks  # noqa: F401
         from djcelery_ops.wire import stamp_queue_header
 
         signals.before_task_publish.connect(stamp_queue_header, dispatch_uid="djops.queue_header")

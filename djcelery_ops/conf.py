@@ -19,6 +19,8 @@ from django.conf import settings as django_settings
 from django.core.signals import setting_changed
 
 PREFIX = "DJCELERY_OPS_"
+# What ``OpsSettings.project_value`` returns for a setting the project leaves unset.
+UNSET: Any = object()
 _instances: weakref.WeakSet[OpsSettings] = weakref.WeakSet()
 
 
@@ -79,6 +81,7 @@ class OpsSettings:
 
     def __init__(self) -> None:
         self._cache: dict[str, Any] = {}
+        self._project_values: dict[str, Any] = {}
         _instances.add(self)
 
     def __getattribute__(self, name: str) -> Any:
@@ -93,9 +96,22 @@ class OpsSettings:
         cache[name] = value
         return value
 
+    def project_value(self, name: str) -> Any:
+        """``DJCELERY_OPS_<name>`` as the project sets it, or ``UNSET``: the task options
+        need to know whether the project chose a value before falling back to Celery's."""
+        values = object.__getattribute__(self, "_project_values")
+        try:
+            return values[name]
+        except KeyError:
+            pass
+        value = getattr(django_settings, PREFIX + name, UNSET)
+        values[name] = value
+        return value
+
     def reload(self) -> None:
         """Forget the values read so far; the next access reads Django settings again."""
         object.__getattribute__(self, "_cache").clear()
+        object.__getattribute__(self, "_project_values").clear()
 
     def names(self) -> list[str]:
         return sorted(name for name in type(self).__annotations__ if name.isupper())

@@ -9,11 +9,11 @@ import pytest
 from django.core.management import call_command
 from django.test import override_settings
 
+from djcelery_ops.checks import check_required_apps
 from djcelery_ops.conf import OpsSettings
 from djcelery_ops.db import delete_in_batches
 from djcelery_ops.management.base import parse_duration
 from djcelery_ops.models import DeadLetter
-from djcelery_ops.ops.checks import check_required_apps
 from tests.factories import dead_letter
 from tests.testapp.models import Effect
 from tests.testapp.tasks import record_effect
@@ -60,7 +60,7 @@ def test_worker__real_prefork_worker_runs_a_task_end_to_end(worker):
 
 
 def test_checks__spool_dir_unset_is_a_warning(settings):
-    from djcelery_ops.ops.checks import check_spool_dir
+    from djcelery_ops.checks import check_spool_dir
 
     settings.DJCELERY_OPS_DEAD_LETTER_SPOOL_DIR = None
     assert [w.id for w in check_spool_dir()] == ["djcelery_ops.W001"]
@@ -69,7 +69,7 @@ def test_checks__spool_dir_unset_is_a_warning(settings):
 
 
 def test_checks__time_limit_at_or_over_redis_visibility_timeout_is_a_warning(settings, monkeypatch):
-    from djcelery_ops.ops.checks import check_time_limit_below_visibility_timeout as check
+    from djcelery_ops.checks import check_time_limit_below_visibility_timeout as check
     from tests.celery_app import app
 
     # Celery reads CELERY_BROKER_URL from the environment before its configuration.

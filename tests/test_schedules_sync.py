@@ -238,7 +238,7 @@ def test_sync__unimportable_dotted_path_is_a_command_error(settings):
 
 
 def test_checks__declared_schedules_without_the_locked_scheduler_warn(settings):
-    from djcelery_ops.schedules.checks import check_beat_scheduler
+    from djcelery_ops.checks import check_beat_scheduler
 
     settings.DJCELERY_OPS_SCHEDULES = [EVERY_MINUTE]
     settings.CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
@@ -252,7 +252,7 @@ def test_checks__declared_schedules_without_the_locked_scheduler_warn(settings):
 
 
 def test_checks__a_lease_of_a_second_warns(settings):
-    from djcelery_ops.schedules.checks import check_lease_seconds
+    from djcelery_ops.checks import check_lease_seconds
 
     settings.DJCELERY_OPS_BEAT_LEASE_SECONDS = 1
     assert [w.id for w in check_lease_seconds()] == ["djcelery_ops.W102"]
@@ -261,7 +261,7 @@ def test_checks__a_lease_of_a_second_warns(settings):
 
 
 def test_checks__invalid_declarations_are_errors_one_per_problem(settings):
-    from djcelery_ops.schedules.checks import check_schedule_declarations
+    from djcelery_ops.checks import check_schedule_declarations
 
     settings.DJCELERY_OPS_SCHEDULES = [
         {"name": "a", "task": TASK, "crontab": "* *"},

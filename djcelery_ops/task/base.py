@@ -11,7 +11,7 @@ from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.log import get_task_logger
 
-from djcelery_ops.conf import ops_settings
+from djcelery_ops.conf import UNSET, ops_settings
 from djcelery_ops.exceptions import PermanentError, TransientError
 from djcelery_ops.idempotency.keys import header_key
 from djcelery_ops.logs import log_event
@@ -19,23 +19,82 @@ from djcelery_ops.logs import log_event
 task_logger = get_task_logger(__name__)
 
 
-def _from_setting(name: str) -> Any:
-    """A default read from ``DJCELERY_OPS_<name>`` at each access.
+# Celery applies its configuration (``Task.from_config``) only to options that are None on
+# the task class. OpsTask's options are ``OpsDefault`` descriptors, never None, so OpsTask
+# records the values the project gave these settings itself when Celery binds a task.
+CELERY_CONFIG_KEYS: dict[str, str] = {
+    "acks_late": "task_acks_late",
+    "reject_on_worker_lost": "task_reject_on_worker_lost",
+    "time_limit": "task_time_limit",
+    "soft_time_limit": "task_soft_time_limit",
+    "acks_on_failure_or_timeout": "task_acks_on_failure_or_timeout",
+    # Celery >= 5.7 only; an older Celery has no such setting and never reports it set.
+    "acks_on_failure": "task_acks_on_failure",
+    "acks_on_timeout": "task_acks_on_timeout",
+}
+_CELERY_VALUES = "_djcelery_ops_celery_values"
 
-    A task that sets the option itself (``@ops_task(acks_late=False)`` or a class
-    attribute) shadows this property in its own class.
+
+def celery_values(conf: Any) -> dict[str, Any]:
+    """The task options the project set in its Celery configuration (defaults excluded:
+    Celery's own defaults, such as ``acks_late=False``, must not beat OpsTask's)."""
+    return {
+        option: conf[key] for option, key in CELERY_CONFIG_KEYS.items() if conf.value_set_for(key)
+    }
+
+
+class OpsDefault:
+    """An OpsTask option the task does not set itself, resolved at each access.
+
+    Precedence: ``DJCELERY_OPS_<setting>`` if the project sets it, then the project's
+    Celery setting, then ``default`` (a value, a callable of the task, or ``UNSET`` for
+    the documented default of ``<setting>``). A task's own option (decorator keyword or
+    class attribute) shadows the descriptor in its class. Read on the class, the
+    descriptor is itself, which is not None, so Celery's ``bind`` leaves the option to it.
     """
-    return property(lambda task: getattr(ops_settings, name))
+
+    def __init__(self, setting: str | None, default: Any = UNSET) -> None:
+        self.setting = setting
+        self.default = default
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, task: OpsTask | None, owner: type | None = None) -> Any:
+        if task is None:
+            return self
+        return self.resolve(task)
+
+    def resolve(self, task: OpsTask) -> Any:
+        if self.setting is not None:
+            value = ops_settings.project_value(self.setting)
+            if value is not UNSET:
+                return value
+        values = task.celery_values()
+        if self.name in values:
+            return values[self.name]
+        if self.default is UNSET:
+            assert self.setting is not None
+            return getattr(ops_settings, self.setting)
+        return self.default(task) if callable(self.default) else self.default
 
 
-def _soft_below_hard(task: Any) -> Any:
-    """``DJCELERY_OPS_TASK_SOFT_TIME_LIMIT``, or below a task's own shorter hard limit
-    (Celery refuses a soft limit above the hard one): 10% earlier, at most 30 s."""
-    soft = ops_settings.TASK_SOFT_TIME_LIMIT
-    hard = task.time_limit
-    if soft is not None and hard is not None and soft >= hard:
-        return max(hard * 0.9, hard - 30)
-    return soft
+class SoftTimeLimitDefault(OpsDefault):
+    """Below a task's shorter hard limit (Celery refuses a soft limit above the hard one):
+    10% earlier, at most 30 s."""
+
+    def resolve(self, task: OpsTask) -> Any:
+        soft = super().resolve(task)
+        hard = task.time_limit
+        if soft is not None and hard is not None and soft >= hard:
+            return max(hard * 0.9, hard - 30)
+        return soft
+
+
+def _acks_on_failure_or_timeout(task: OpsTask) -> Any:
+    # Celery >= 5.7 falls back the same way for options left None.
+    return task.acks_on_failure_or_timeout
 
 
 class OpsTask(Task):  # type: ignore[type-arg]
@@ -51,21 +110,25 @@ class OpsTask(Task):  # type: ignore[type-arg]
 
     Request = "djcelery_ops.task.request:OpsRequest"
 
-    acks_late = _from_setting("TASK_ACKS_LATE")
-    reject_on_worker_lost = _from_setting("TASK_REJECT_ON_WORKER_LOST")
-    soft_time_limit: Any = property(_soft_below_hard)
-    time_limit = _from_setting("TASK_TIME_LIMIT")
-    max_retries = _from_setting("TASK_MAX_RETRIES")
-    retry_backoff = _from_setting("TASK_RETRY_BACKOFF")
-    retry_backoff_max = _from_setting("TASK_RETRY_BACKOFF_MAX")
-    retry_jitter = _from_setting("TASK_RETRY_JITTER")
-    # A failure or a hard time limit is final: ack it, dead-letter it, do not loop.
+    acks_late: Any = OpsDefault("TASK_ACKS_LATE")
+    reject_on_worker_lost: Any = OpsDefault("TASK_REJECT_ON_WORKER_LOST")
+    soft_time_limit: Any = SoftTimeLimitDefault("TASK_SOFT_TIME_LIMIT")
+    time_limit: Any = OpsDefault("TASK_TIME_LIMIT")
+    # No Celery setting exists for these four: the task, DJCELERY_OPS_*, the default.
+    max_retries: Any = OpsDefault("TASK_MAX_RETRIES")
+    retry_backoff: Any = OpsDefault("TASK_RETRY_BACKOFF")
+    retry_backoff_max: Any = OpsDefault("TASK_RETRY_BACKOFF_MAX")
+    retry_jitter: Any = OpsDefault("TASK_RETRY_JITTER")
+    # A failure or a hard time limit is final: ack it, dead-letter it, do not loop. Celery's
+    # option (and its task_acks_on_failure_or_timeout setting); on Celery >= 5.7 the finer
+    # acks_on_failure / acks_on_timeout follow it unless the task or the project set them.
+    acks_on_failure_or_timeout: Any = OpsDefault(None, True)
+    acks_on_failure: Any = OpsDefault(None, _acks_on_failure_or_timeout)
+    acks_on_timeout: Any = OpsDefault(None, _acks_on_failure_or_timeout)
     # The job-run part records runs of tasks that set this (``DJCELERY_OPS_RUNS_ALL_TASKS``
     # covers the others); dead-letter capture leaves tasks that record their own failures.
     record_runs = True
     captures_own_failures = True
-    acks_on_failure = True
-    acks_on_timeout = True
     retry_on_worker_lost = False
 
     retry_for: tuple[type[BaseException], ...] = (TransientError, ConnectionError, TimeoutError)
@@ -73,8 +136,22 @@ class OpsTask(Task):  # type: ignore[type-arg]
 
     # Execution-time idempotency and enqueue-time uniqueness: README.md, "Idempotency".
     idempotency_key: str | Callable[..., Any] | None = None
-    idempotency_mode = _from_setting("IDEMPOTENCY_DEFAULT_MODE")
+    idempotency_mode: Any = OpsDefault("IDEMPOTENCY_DEFAULT_MODE")
     unique_for: float | None = None
+
+    @classmethod
+    def on_bound(cls, app: Any) -> None:
+        """Celery calls this at the end of ``bind``: keep the project's Celery settings."""
+        setattr(cls, _CELERY_VALUES, celery_values(app.conf))
+
+    def celery_values(self) -> dict[str, Any]:
+        """The project's Celery settings of this task's app, read when it was bound."""
+        cls = type(self)
+        if _CELERY_VALUES not in cls.__dict__:
+            # Not bound yet, or bound only through a parent class: bind to the task's app.
+            cls.on_bound(self.app)
+        values: dict[str, Any] = cls.__dict__[_CELERY_VALUES]
+        return values
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         plain = self.unique_for is None and self.idempotency_key is None

@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from billiard.einfo import ExceptionWithTraceback  # type: ignore[attr-defined]
+from celery import Task
 from celery.exceptions import Reject, WorkerLostError
 from celery.worker.request import Request
 from celery.worker.state import task_ready
@@ -21,14 +22,30 @@ from djcelery_ops.conf import ops_settings
 
 logger = logging.getLogger("djcelery_ops.deadletter")
 
+# Celery 5.7 split ``acks_on_failure_or_timeout`` into ``acks_on_failure`` and
+# ``acks_on_timeout`` (each falling back to it); older versions read only the first.
+CELERY_SPLITS_ACKS_ON_TIMEOUT = hasattr(Task, "acks_on_timeout")
+
+
+def requeues_on_timeout(task: Any) -> bool:
+    """True when Celery requeues the message of a task that hit its hard time limit.
+
+    The same attributes Celery's ``Request.on_timeout`` reads: such a message runs again,
+    so it is not a final failure and must not be dead-lettered.
+    """
+    if not task.acks_late:
+        return False
+    if CELERY_SPLITS_ACKS_ON_TIMEOUT:
+        return not task.acks_on_timeout
+    return not task.acks_on_failure_or_timeout
+
 
 class OpsRequest(Request):
     _djcelery_ops_recorded = False
 
     def on_timeout(self, soft: bool, timeout: float) -> None:
         super().on_timeout(soft, timeout)
-        final = not self.task.acks_late or getattr(self.task, "acks_on_timeout", True)
-        if not soft and final:
+        if not soft and not requeues_on_timeout(self.task):
             self._record("hard_time_limit", None, f"Hard time limit ({timeout}s) exceeded")
 
     def on_failure(

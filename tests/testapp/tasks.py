@@ -71,6 +71,14 @@ def ops_hard_limit() -> None:
         time.sleep(0.1)
 
 
+@ops_task(bind=True, soft_time_limit=None, time_limit=1, acks_on_failure_or_timeout=False)
+def ops_hard_limit_requeued(self, key: str) -> None:
+    """Celery requeues this one at its hard time limit instead of failing it."""
+    Effect.objects.create(key=key, task_id=self.request.id)
+    for _ in range(100):
+        time.sleep(0.1)
+
+
 @ops_task(reject_on_worker_lost=False)
 def ops_kill_child() -> None:
     os.kill(os.getpid(), signal.SIGKILL)

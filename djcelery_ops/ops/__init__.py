@@ -1,1 +1,0 @@
-"""System checks, health, metrics and structured logs."""
