@@ -70,14 +70,14 @@ def check_lease_seconds(
 def check_schedule_declarations(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[checks.CheckMessage]:
-    """Declarations are validated here too (task names only by ``sync_schedules``)."""
+    """Declarations are validated here too (task names only by ``sync_celery_schedules``)."""
     try:
         load_schedules()
     except DeclarationError as exc:
         return [
             checks.Error(
                 error,
-                hint="Fix DJCELERY_OPS_SCHEDULES; sync_schedules refuses to write until then.",
+                hint="Fix DJCELERY_OPS_SCHEDULES; sync_celery_schedules writes nothing until then.",
                 id="djcelery_ops.E101",
             )
             for error in exc.errors
