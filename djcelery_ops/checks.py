@@ -359,7 +359,7 @@ def check_lease_seconds(app_configs: Sequence[AppConfig] | None = None, **kwargs
 def check_schedule_declarations(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> Messages:
-    """Declarations are validated here too (task names only by ``sync_schedules``)."""
+    """Declarations are validated here too (task names only by ``sync_celery_schedules``)."""
     from djcelery_ops.schedules.declarations import DeclarationError, load_schedules
 
     if not has_setting_type("SCHEDULES", ops_settings.SCHEDULES):
@@ -370,7 +370,7 @@ def check_schedule_declarations(
         return [
             checks.Error(
                 error,
-                hint=f"Fix {PREFIX}SCHEDULES; sync_schedules refuses to write until then.",
+                hint=f"Fix {PREFIX}SCHEDULES; sync_celery_schedules writes nothing until then.",
                 id="djcelery_ops.E101",
             )
             for error in exc.errors

@@ -53,7 +53,7 @@ class OpsSettings:
 
     # Periodic jobs.
     # Schedules as code: a list of dicts (or ``Schedule`` objects), or the dotted path of a
-    # module attribute holding one; ``sync_schedules`` upserts them into django-celery-beat.
+    # module attribute holding one; ``sync_celery_schedules`` upserts them into django-celery-beat.
     SCHEDULES: list[Any] | str | None = None
     # Seconds of ``expires`` given to synced periodic tasks that declare none, so a late run
     # is dropped instead of piling up; interval schedules get at most their interval.

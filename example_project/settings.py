@@ -99,7 +99,7 @@ CELERY_TIMEZONE = TIME_ZONE
 # django-celery-beat's DatabaseScheduler with a leader lease: safe to run beat twice.
 CELERY_BEAT_SCHEDULER = "djcelery_ops.LockedDatabaseScheduler"
 
-# Schedules as code, synced into django-celery-beat by `manage.py sync_schedules`.
+# Schedules as code, synced into django-celery-beat by `manage.py sync_celery_schedules`.
 DJCELERY_OPS_SCHEDULES = [
     {
         "name": "shop: nightly report",

@@ -56,28 +56,30 @@ def remaining() -> list[str]:
 
 def test_purge__dry_run_says_what_it_would_delete_and_deletes_nothing(keys):
     assert purge("--older-than", "30d", "--dry-run") == (
-        "Would delete 3 idempotency keys older than 30d.\n"
+        "Would purge 3 idempotency keys older than 30d.\n"
     )
     assert len(remaining()) == 5
 
 
 def test_purge__deletes_finished_keys_older_than_the_age_in_batches(keys):
     assert purge("--older-than", "30d", "--batch-size", "2") == (
-        "Deleted 2 so far...\nDeleted 3 so far...\nDeleted 3 idempotency keys older than 30d.\n"
+        "Purged 2/3 idempotency keys so far.\n"
+        "Purged 3/3 idempotency keys so far.\n"
+        "Purged 3 idempotency keys older than 30d.\n"
     )
     assert remaining() == ["held", "new-done"]
 
 
-def test_purge__nothing_to_delete_says_so(keys):
-    assert purge("--older-than", "8w") == "Deleted 0 idempotency keys older than 8w.\n"
-    assert purge("--older-than", "60d", "--dry-run") == (
-        "Would delete 0 idempotency keys older than 60d.\n"
-    )
+def test_purge__nothing_to_delete_reads_the_same_in_the_dry_run_and_the_real_run(keys):
+    expected = "Nothing to purge: no idempotency keys older than 8w.\n"
+    assert purge("--older-than", "8w", "--dry-run") == expected
+    assert purge("--older-than", "8w") == expected
+    assert len(remaining()) == 5
 
 
 def test_purge__one_key_is_singular(keys):
     assert purge("--older-than", "39d") == (
-        "Deleted 1 so far...\nDeleted 1 idempotency key older than 39d.\n"
+        "Purged 1/1 idempotency key so far.\nPurged 1 idempotency key older than 39d.\n"
     )
     assert "old-done" not in remaining()
 
@@ -90,7 +92,7 @@ def test_purge__bad_age_is_a_command_error(keys, age):
 
 
 def test_purge__batch_size_below_one_is_a_command_error(keys):
-    with pytest.raises(CommandError, match="--batch-size must be at least 1; got 0"):
+    with pytest.raises(CommandError, match="--batch-size must be at least 1, not 0."):
         purge("--older-than", "30d", "--batch-size", "0")
 
 

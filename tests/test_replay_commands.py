@@ -84,7 +84,10 @@ def test_replay__second_run_continues_and_replays_nothing_twice(celery_queue, pu
     assert output.startswith("Replayed 2/2 (skipped 0)\nReplayed 2 dead letters")
     assert len(drain(celery_queue)) == 5
     with publishing():
-        assert run("replay_dead_letters", "--reason=again") == "No pending dead letters match.\n"
+        assert (
+            run("replay_dead_letters", "--reason=again")
+            == "Nothing to replay: no pending dead letters match.\n"
+        )
 
 
 def test_replay_by_id__says_why_rows_were_skipped(celery_queue, publishing):
@@ -138,7 +141,7 @@ def test_replay__sql_like_filter_values_match_nothing(publishing):
     dead_letter()
     with publishing():
         output = run("replay_dead_letters", "--task=x' OR '1'='1", "--reason=x")
-    assert output == "No pending dead letters match.\n"
+    assert output == "Nothing to replay: no pending dead letters match.\n"
 
 
 def test_replay__too_many_ids_is_refused():
@@ -192,10 +195,10 @@ def test_purge__dry_run_then_batches_and_bad_status():
         DeadLetter.objects.filter(pk=row.pk).update(status=status, updated_at=old)
     dead_letter()
     assert run("purge_dead_letters", "--older-than=30d", "--dry-run") == (
-        "Would purge 3 dead letters (discarded, resolved, unchanged for 30d).\n"
+        "Would purge 3 dead letters (discarded, resolved) unchanged for 30d.\n"
     )
     assert run("purge_dead_letters", "--older-than=30d", "--batch-size=1") == (
-        "Purged 3 dead letters (discarded, resolved, unchanged for 30d).\n"
+        "Purged 3 dead letters (discarded, resolved) unchanged for 30d.\n"
     )
     assert sorted(DeadLetter.objects.values_list("status", flat=True)) == ["pending", "pending"]
     for args, message in [
@@ -209,3 +212,54 @@ def test_purge__dry_run_then_batches_and_bad_status():
             run("purge_dead_letters", *args)
         assert str(caught.value).startswith(message), args
     assert DeadLetter.objects.count() == 2
+
+
+@pytest.mark.parametrize("command", ["replay_dead_letters", "discard_dead_letters"])
+def test_dry_run_with_limit__counts_the_first_rows_only(command):
+    letters("q", 3, task_name="a")
+    letters("q", 2, task_name="b")
+    verb = command.split("_")[0]
+    assert (
+        run(command, "--dry-run", "--limit=4") == f"Would {verb} 4 dead letters:\n  3  a\n  1  b\n"
+    )
+    assert DeadLetter.objects.filter(status="pending").count() == 5
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_replay__missing_ids_are_named_one_per_line(publishing, dry_run):
+    [letter] = letters("q", 1)
+    args = [f"--id={letter.pk}", "--id=999999", "--id=888888", "--reason=x"]
+    with publishing():
+        output = run("replay_dead_letters", *args, *(["--dry-run"] if dry_run else []))
+    lines = output.splitlines()
+    assert lines[:2] == ["not found: 888888", "not found: 999999"]
+    assert lines[2].startswith("Would replay 1 dead letter:" if dry_run else "Replayed 1/1")
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_discard__only_missing_ids_is_nothing_to_do_in_the_same_words(dry_run):
+    dead_letter()
+    args = ["--id=22", "--reason=x", *(["--dry-run"] if dry_run else [])]
+    assert run("discard_dead_letters", *args) == (
+        "not found: 22\nNothing to discard: no pending dead letters match.\n"
+    )
+    assert not Discard.objects.exists()
+
+
+@pytest.mark.parametrize("command", ["replay_dead_letters", "discard_dead_letters"])
+def test_nothing_to_do__reads_the_same_in_the_dry_run_and_the_real_run(command, publishing):
+    verb = command.split("_")[0]
+    with publishing():
+        dry = run(command, "--task=nope", "--dry-run")
+        real = run(command, "--task=nope", "--reason=x")
+    assert dry == real == f"Nothing to {verb}: no pending dead letters match.\n"
+
+
+@pytest.mark.parametrize("name", ["KeyError", "builtins.KeyError"])
+def test_exception_filter__takes_the_short_and_the_dotted_name(name):
+    dead_letter(exception_class="builtins.KeyError", task_name="k")
+    dead_letter(exception_class="builtins.ValueError", task_name="v")
+    dead_letter(exception_class="shop.errors.NotAKeyError", task_name="n")
+    assert run("discard_dead_letters", f"--exception={name}", "--dry-run") == (
+        "Would discard 1 dead letter:\n  1  k\n"
+    )

@@ -43,21 +43,24 @@ def remaining() -> set[str]:
 def test_purge__deletes_old_runs_in_batches_with_progress(runs):
     output = purge("--older-than", "14d", "--batch-size", "3")
     assert output == (
-        "Deleted 3 of 7 task runs.\n"
-        "Deleted 6 of 7 task runs.\n"
-        "Deleted 7 of 7 task runs.\n"
+        "Purged 3/7 task runs so far.\n"
+        "Purged 6/7 task runs so far.\n"
+        "Purged 7/7 task runs so far.\n"
         "Purged 7 task runs older than 14d.\n"
     )
     assert remaining() == {"new-done", "new-running", "unknown-age"}
 
 
 def test_purge__dry_run_counts_and_deletes_nothing(runs):
-    assert purge("--older-than", "2w", "--dry-run") == "Would delete 7 task runs older than 2w.\n"
+    assert purge("--older-than", "2w", "--dry-run") == "Would purge 7 task runs older than 2w.\n"
     assert len(remaining()) == 10
 
 
-def test_purge__nothing_old_enough(runs):
-    assert purge("--older-than", "30d") == "Purged 0 task runs older than 30d.\n"
+def test_purge__nothing_old_enough_reads_the_same_in_the_dry_run_and_the_real_run(runs):
+    expected = "Nothing to purge: no task runs older than 30d.\n"
+    assert purge("--older-than", "30d", "--dry-run") == expected
+    assert purge("--older-than", "30d") == expected
+    assert len(remaining()) == 10
 
 
 @pytest.mark.parametrize("value", ["14", "fortnight", "0d", "-3d", "14y"])

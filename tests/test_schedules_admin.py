@@ -78,7 +78,7 @@ def test_admin__change_page_shows_next_runs_dst_warning_and_drift(admin_client, 
     settings.DJCELERY_OPS_SCHEDULES = [
         {"name": "nightly", "task": TASK, "crontab": "30 2 * * *", "timezone": "Europe/Berlin"}
     ]
-    call_command("sync_schedules", stdout=io.StringIO())
+    call_command("sync_celery_schedules", stdout=io.StringIO())
     task = PeriodicTask.objects.get(name="nightly")
     PeriodicTask.objects.filter(pk=task.pk).update(description="edited by hand")
 

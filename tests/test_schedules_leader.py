@@ -162,17 +162,17 @@ def test_two_beats__each_slot_runs_once_and_sigkill_of_the_leader_hands_over(
 @pytest.mark.django_db
 def test_ops_status__prints_the_beat_leader():
     out = io.StringIO()
-    call_command("ops_status", stdout=out)
+    call_command("celery_ops_status", stdout=out)
     assert out.getvalue() == "Beat leader: none (no beat process with the locked scheduler)\n"
 
     leader.try_acquire(LEASE, "host:42:abc", 30)
     out = io.StringIO()
-    call_command("ops_status", stdout=out)
+    call_command("celery_ops_status", stdout=out)
     text = out.getvalue()
     assert text.startswith("Beat leader: host:42:abc (lease 'default', expires in ")
     assert text.endswith(" s)\n")
 
     leader.release(LEASE, "host:42:abc")
     out = io.StringIO()
-    call_command("ops_status", stdout=out)
+    call_command("celery_ops_status", stdout=out)
     assert out.getvalue() == "Beat leader: none (lease 'default' expired or released)\n"

@@ -1,4 +1,4 @@
-"""``sync_schedules``: schedules declared in settings upserted into django-celery-beat."""
+"""``sync_celery_schedules``: schedules declared in settings upserted into django-celery-beat."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ DECLARED = [Schedule(name="from-module", task=TASK, interval=timedelta(hours=2))
 
 def sync(*args: str) -> str:
     out = io.StringIO()
-    call_command("sync_schedules", *args, stdout=out)
+    call_command("sync_celery_schedules", *args, stdout=out)
     return out.getvalue()
 
 
@@ -44,7 +44,7 @@ def test_sync__creates_rows_marked_code_managed_with_utc_and_expires_defaults(se
     settings.DJCELERY_OPS_SCHEDULES = [NIGHTLY, EVERY_MINUTE]
     before = PeriodicTasks.last_change()
 
-    assert sync() == "Created nightly\nCreated heartbeat\nSynced: 2 create.\n"
+    assert sync() == "Created nightly\nCreated heartbeat\nSynced 2 schedules: 2 create.\n"
 
     nightly = PeriodicTask.objects.get(name="nightly")
     assert (nightly.task, nightly.kwargs, nightly.enabled) == (TASK, '{"key": "nightly"}', True)
@@ -69,7 +69,7 @@ def test_sync__second_run_is_unchanged_and_writes_nothing(settings):
     sync()
     last_change = PeriodicTasks.last_change()
 
-    assert sync() == "Unchanged nightly\nUnchanged heartbeat\nSynced: 2 unchanged.\n"
+    assert sync() == "Unchanged nightly\nUnchanged heartbeat\nNothing to sync: 2 unchanged.\n"
     assert PeriodicTasks.last_change() == last_change
 
 
@@ -78,7 +78,7 @@ def test_sync__changed_declaration_updates_the_row_and_names_the_fields(settings
     sync()
     settings.DJCELERY_OPS_SCHEDULES = [{**NIGHTLY, "crontab": "0 3 * * *", "queue": "reports"}]
 
-    assert sync() == "Updated nightly: schedule, queue\nSynced: 1 update.\n"
+    assert sync() == "Updated nightly: schedule, queue\nSynced 1 schedule: 1 update.\n"
     nightly = PeriodicTask.objects.get(name="nightly")
     assert (nightly.crontab.hour, nightly.crontab.minute, nightly.queue) == ("3", "0", "reports")
     assert drifted_fields(nightly) == ()
@@ -94,7 +94,7 @@ def test_sync__admin_edit_is_kept_and_reported_as_drift(settings):
 
     assert sync() == (
         "Drift nightly: kwargs edited in the admin; kept (use --force to overwrite)\n"
-        "Synced: 1 drift.\n"
+        "Nothing to sync: 1 drift.\n"
     )
     kept = PeriodicTask.objects.get(name="nightly")
     assert (kept.kwargs, kept.description) == ('{"key": "edited"}', "")
@@ -107,7 +107,7 @@ def test_sync__force_overwrites_the_admin_edit(settings):
     PeriodicTask.objects.filter(name="nightly").update(kwargs='{"key": "edited"}')
 
     assert sync("--force") == (
-        "Overwrote nightly, discarding the admin edit of: kwargs\nSynced: 1 overwrite.\n"
+        "Overwrote nightly, discarding the admin edit of: kwargs\nSynced 1 schedule: 1 overwrite.\n"
     )
     restored = PeriodicTask.objects.get(name="nightly")
     assert restored.kwargs == '{"key": "nightly"}'
@@ -120,7 +120,7 @@ def test_sync__admin_edit_matching_the_declaration_is_no_longer_drift(settings):
     PeriodicTask.objects.filter(name="nightly").update(description="agreed")
     settings.DJCELERY_OPS_SCHEDULES = [{**NIGHTLY, "description": "agreed"}]
 
-    assert sync() == "Unchanged nightly\nSynced: 1 unchanged.\n"
+    assert sync() == "Unchanged nightly\nNothing to sync: 1 unchanged.\n"
     assert drifted_fields(PeriodicTask.objects.get(name="nightly")) == ()
 
 
@@ -132,14 +132,14 @@ def test_sync__vanished_entry_is_reported_and_disabled_only_with_prune(settings)
     assert sync() == (
         "Unchanged nightly\n"
         "Not declared heartbeat: still enabled (use --prune to disable)\n"
-        "Synced: 1 unchanged, 1 vanished.\n"
+        "Nothing to sync: 1 unchanged, 1 vanished.\n"
     )
     assert PeriodicTask.objects.get(name="heartbeat").enabled
     assert sync("--prune") == (
-        "Unchanged nightly\nPruned heartbeat (disabled)\nSynced: 1 prune, 1 unchanged.\n"
+        "Unchanged nightly\nPruned heartbeat (disabled)\nSynced 1 schedule: 1 prune, 1 unchanged.\n"
     )
     assert not PeriodicTask.objects.get(name="heartbeat").enabled
-    assert sync("--prune") == "Unchanged nightly\nSynced: 1 unchanged.\n"
+    assert sync("--prune") == "Unchanged nightly\nNothing to sync: 1 unchanged.\n"
 
 
 def test_sync__prune_leaves_rows_created_in_the_admin_alone(settings):
@@ -147,7 +147,7 @@ def test_sync__prune_leaves_rows_created_in_the_admin_alone(settings):
     PeriodicTask.objects.create(name="handmade", task=TASK, interval=interval)
     settings.DJCELERY_OPS_SCHEDULES = []
 
-    assert sync("--prune") == "Synced: no schedules.\n"
+    assert sync("--prune") == "Nothing to sync: no schedules declared.\n"
     assert PeriodicTask.objects.get(name="handmade").enabled
 
 
@@ -165,13 +165,13 @@ def test_sync__dry_run_prints_the_plan_and_writes_nothing(settings):
         "Drift nightly: description edited in the admin; kept (use --force to overwrite)\n"
         "Would create new-one\n"
         "Would prune heartbeat (disable)\n"
-        "Dry run, nothing written: 1 create, 1 prune, 1 drift.\n"
+        "Would sync 2 schedules: 1 create, 1 prune, 1 drift.\n"
     )
     assert sync("--dry-run", "--force") == (
         "Would overwrite nightly, discarding the admin edit of: kwargs, description\n"
         "Would create new-one\n"
         "Not declared heartbeat: still enabled (use --prune to disable)\n"
-        "Dry run, nothing written: 1 create, 1 overwrite, 1 vanished.\n"
+        "Would sync 2 schedules: 1 create, 1 overwrite, 1 vanished.\n"
     )
     assert list(PeriodicTask.objects.order_by("name").values()) == snapshot
 
@@ -210,14 +210,14 @@ def test_sync__name_taken_by_an_admin_row_is_refused_unless_forced(settings):
     PeriodicTask.objects.create(name="heartbeat", task=TASK, interval=interval, args='["x"]')
     settings.DJCELERY_OPS_SCHEDULES = [EVERY_MINUTE, NIGHTLY]
 
-    with pytest.raises(CommandError, match="was not created by sync_schedules"):
+    with pytest.raises(CommandError, match="was not created by sync_celery_schedules"):
         sync()
     assert not PeriodicTask.objects.filter(name="nightly").exists()
 
     assert sync("--force") == (
         "Adopted heartbeat from the admin: args, expire_seconds\n"
         "Created nightly\n"
-        "Synced: 1 create, 1 adopt.\n"
+        "Synced 2 schedules: 1 create, 1 adopt.\n"
     )
     assert drifted_fields(PeriodicTask.objects.get(name="heartbeat")) == ()
 
@@ -225,7 +225,7 @@ def test_sync__name_taken_by_an_admin_row_is_refused_unless_forced(settings):
 def test_sync__declarations_from_a_dotted_path(settings):
     settings.DJCELERY_OPS_SCHEDULES = "tests.test_schedules_sync.DECLARED"
 
-    assert sync() == "Created from-module\nSynced: 1 create.\n"
+    assert sync() == "Created from-module\nSynced 1 schedule: 1 create.\n"
     interval = PeriodicTask.objects.get(name="from-module").interval
     assert (interval.every, interval.period) == (2, IntervalSchedule.HOURS)
 

@@ -12,6 +12,15 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 
+def moment_of(moment: datetime.datetime | datetime.timedelta) -> datetime.datetime:
+    """A datetime as it is, a timedelta as that long ago; the same as ``TaskRun.since``."""
+    if isinstance(moment, datetime.timedelta):
+        return timezone.now() - moment
+    if isinstance(moment, datetime.datetime):
+        return moment
+    raise TypeError(f"since() takes a datetime or a timedelta, not {type(moment).__name__}")
+
+
 class DeadLetterQuerySet(models.QuerySet["DeadLetter"]):
     def pending(self) -> DeadLetterQuerySet:
         return self.filter(status=DeadLetter.Status.PENDING)
@@ -19,8 +28,9 @@ class DeadLetterQuerySet(models.QuerySet["DeadLetter"]):
     def for_task(self, name: str) -> DeadLetterQuerySet:
         return self.filter(task_name=name)
 
-    def since(self, moment: datetime.datetime) -> DeadLetterQuerySet:
-        return self.filter(last_failed_at__gte=moment)
+    def since(self, moment: datetime.datetime | datetime.timedelta) -> DeadLetterQuerySet:
+        """Last failed at or after ``moment`` (a datetime, or a timedelta ago)."""
+        return self.filter(last_failed_at__gte=moment_of(moment))
 
     def by_fingerprint(self) -> models.QuerySet[Any, Any]:
         """One row per failure group: how many letters, failures, first and last seen."""

@@ -12,7 +12,7 @@ import datetime
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Q, QuerySet
 
 from djcelery_ops.deadletter.models import DeadLetter
 
@@ -46,6 +46,10 @@ def skip_reason(status: str, truncated: bool, *, editable: bool = False) -> str 
 
 def plan(queryset: QuerySet[DeadLetter], *, action: str = "replay") -> Plan:
     """Count per task what ``replay``/``discard`` would change and what it would skip."""
+    if queryset.query.is_sliced:
+        # A slice (``--limit``) cannot be regrouped; count the rows it holds instead.
+        ids = list(queryset.values_list("pk", flat=True))
+        queryset = DeadLetter.objects.filter(pk__in=ids)
     rows = queryset.order_by().values("status", "payload_truncated", "task_name")
     counts = rows.annotate(n=Count("pk")).values_list(
         "task_name", "status", "payload_truncated", "n"
@@ -93,17 +97,23 @@ class Selection:
         exact = {
             "task_name": self.task,
             "reason": self.failure_reason,
-            "exception_class": self.exception,
             "fingerprint": self.fingerprint,
             "queue": self.queue,
             "last_failed_at__gte": self.since,
             "last_failed_at__lt": self.until,
         }
         rows = rows.filter(**{key: value for key, value in exact.items() if value is not None})
+        if self.exception is not None:
+            rows = rows.filter(exception_matches(self.exception))
         if self.ids:
             rows = rows.filter(pk__in=self.ids)
         rows = rows.order_by("pk")
         return rows[: self.limit] if self.limit else rows
+
+
+def exception_matches(name: str) -> Q:
+    """``builtins.KeyError`` or just ``KeyError``: the stored name is the dotted one."""
+    return Q(exception_class=name) | Q(exception_class__endswith=f".{name}")
 
 
 def chunks(ids: Sequence[int], size: int) -> Iterator[list[int]]:

@@ -33,6 +33,9 @@ class TaskRunQuerySet(models.QuerySet["TaskRun"]):
         """Runs first received at or after ``moment`` (a datetime, or a timedelta ago)."""
         if isinstance(moment, datetime.timedelta):
             moment = timezone.now() - moment
+        elif not isinstance(moment, datetime.datetime):
+            # A date or a string would be compared as something else, or fail deep in SQL.
+            raise TypeError(f"since() takes a datetime or a timedelta, not {type(moment).__name__}")
         return self.filter(received_at__gte=moment)
 
     def stuck(

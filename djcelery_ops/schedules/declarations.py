@@ -2,7 +2,7 @@
 
 ``DJCELERY_OPS_SCHEDULES`` is a list of dicts (or ``Schedule`` objects) or the dotted path of a
 module attribute holding such a list. Loading validates everything and reports every problem
-at once, so ``sync_schedules`` writes nothing when one declaration is wrong.
+at once, so ``sync_celery_schedules`` writes nothing when one declaration is wrong.
 """
 
 from __future__ import annotations

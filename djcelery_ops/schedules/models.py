@@ -10,7 +10,7 @@ from django_celery_beat.models import PeriodicTask
 
 
 class ManagedSchedule(models.Model):
-    """Marks a django-celery-beat ``PeriodicTask`` as created and kept by ``sync_schedules``.
+    """Marks a django-celery-beat ``PeriodicTask`` as created and kept by ``sync_celery_schedules``.
 
     ``synced_values`` are the row's managed values as the last sync wrote them: a row whose
     current values differ was edited in the admin (drift), and sync keeps the edit unless

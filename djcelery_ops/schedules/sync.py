@@ -1,7 +1,7 @@
 """Plan and apply the sync of declared schedules into django-celery-beat's tables.
 
 ``plan_sync`` reads and decides, ``apply_sync`` writes the plan in one transaction. The
-``sync_schedules`` command and the admin are faces over these two functions.
+``sync_celery_schedules`` command and the admin are faces over these two functions.
 
 A row's *values* are the fields sync manages (task, schedule, args, kwargs, queue,
 expire_seconds, enabled, description). ``ManagedSchedule.synced_values`` keeps them as the
@@ -76,8 +76,8 @@ def plan_sync(schedules: list[Schedule], *, prune: bool, force: bool) -> list[Ch
     }
     changes = [_plan_one(s, existing.get(s.name), force=force) for s in schedules]
     errors = [
-        f"schedule {change.name!r}: a periodic task of that name exists and was not created "
-        "by sync_schedules; rename the declaration, delete the row, or use --force to adopt it"
+        f"schedule {change.name!r}: a periodic task of that name exists and was not created by "
+        "sync_celery_schedules; rename the declaration, delete the row, or use --force to adopt it"
         for change in changes
         if change.action == "adopt" and not force
     ]

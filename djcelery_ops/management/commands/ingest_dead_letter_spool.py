@@ -5,12 +5,11 @@ from __future__ import annotations
 from argparse import ArgumentParser
 from typing import Any
 
-from django.core.management.base import BaseCommand
-
 from djcelery_ops.deadletter.spool import ingest_spool, spool_dir, spooled_files
+from djcelery_ops.management.base import OpsCommand
 
 
-class Command(BaseCommand):
+class Command(OpsCommand):
     help = "Store the dead letters kept in the local spool during a database outage."
 
     def add_arguments(self, parser: ArgumentParser) -> None:

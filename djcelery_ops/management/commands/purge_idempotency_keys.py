@@ -1,43 +1,42 @@
-"""``manage.py purge_idempotency_keys --older-than 30d [--dry-run] [--batch-size N]``."""
+"""``manage.py purge_idempotency_keys --older-than 30d [--dry-run] [--batch-size N]``.
+
+Exit codes (README, "Exit codes"): 0 done or nothing to do, 1 bad input, 4 interrupted.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.utils import timezone
+from django.core.management.base import CommandParser
 
 from djcelery_ops.db import delete_in_batches
 from djcelery_ops.idempotency.models import IdempotencyKey
-from djcelery_ops.management.base import duration_option
+from djcelery_ops.management.base import OpsCommand
+
+DEFAULT_BATCH_SIZE = 1000
 
 
-def _keys(count: int) -> str:
-    return f"{count} idempotency key" + ("" if count == 1 else "s")
-
-
-class Command(BaseCommand):
+class Command(OpsCommand):
     help = (
         "Delete idempotency keys finished longer ago than --older-than (done, failed, or "
         "with a lease that expired). A redelivery of a purged key runs its task again."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--older-than", required=True, help="age such as 30d, 12h, 90m")
-        parser.add_argument("--dry-run", action="store_true", help="count, delete nothing")
-        parser.add_argument("--batch-size", type=int, default=1000, help="rows per DELETE")
+        self.add_older_than_argument(parser, "Finished for")
+        self.add_batch_size_argument(parser, DEFAULT_BATCH_SIZE)
+        self.add_dry_run_argument(parser)
 
-    def handle(
-        self, *args: Any, older_than: str, dry_run: bool, batch_size: int, **options: Any
-    ) -> None:
-        age = duration_option(older_than)
-        if batch_size < 1:
-            raise CommandError(f"--batch-size must be at least 1; got {batch_size}")
-        rows = IdempotencyKey.objects.finished_before(timezone.now() - age)
-        if dry_run:
-            self.stdout.write(f"Would delete {_keys(rows.count())} older than {older_than}.")
+    def handle(self, *, older_than: str, dry_run: bool, batch_size: Any, **_: Any) -> None:
+        cutoff = self.older_than(older_than)
+        size = self.batch_size(batch_size) or DEFAULT_BATCH_SIZE
+        rows = IdempotencyKey.objects.finished_before(cutoff)
+        total = rows.count()
+        detail = f"older than {older_than}"
+        if dry_run or not total:
+            self.report("purge", total, "idempotency key", detail, dry_run=dry_run)
             return
         deleted = 0
-        for deleted in delete_in_batches(rows, batch_size):
-            self.stdout.write(f"Deleted {deleted} so far...")
-        self.stdout.write(f"Deleted {_keys(deleted)} older than {older_than}.")
+        for deleted in delete_in_batches(rows, size):
+            self.progress("purge", deleted, total, "idempotency key")
+        self.report("purge", deleted, "idempotency key", detail, dry_run=False)

@@ -1,4 +1,7 @@
-"""Delete job runs older than a retention period, in batches."""
+"""``manage.py purge_task_runs``: delete job runs older than a retention period, in batches.
+
+Exit codes (README, "Exit codes"): 0 done or nothing to do, 1 bad input, 4 interrupted.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +9,13 @@ import datetime
 from argparse import ArgumentParser
 from typing import Any
 
-from django.core.management.base import BaseCommand
 from django.db.models import Q
-from django.utils import timezone
 
 from djcelery_ops.db import delete_in_batches
-from djcelery_ops.management.base import duration_option, positive_int_option
+from djcelery_ops.management.base import OpsCommand
 from djcelery_ops.runs.models import TaskRun
+
+DEFAULT_BATCH_SIZE = 10_000
 
 
 def purgeable(cutoff: datetime.datetime) -> Q:
@@ -22,25 +25,24 @@ def purgeable(cutoff: datetime.datetime) -> Q:
     ) | Q(finished_at__isnull=True, started_at__lt=cutoff)  # fmt: skip
 
 
-class Command(BaseCommand):
+class Command(OpsCommand):
     help = "Delete job runs (TaskRun rows) older than --older-than, in batches."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
-        parser.add_argument("--older-than", required=True, help="Retention, e.g. 14d, 12h, 2w.")
-        parser.add_argument("--batch-size", type=int, default=10_000, help="Rows per DELETE.")
-        parser.add_argument("--dry-run", action="store_true", help="Only count the rows.")
+        self.add_older_than_argument(parser, "Retention")
+        self.add_batch_size_argument(parser, DEFAULT_BATCH_SIZE)
+        self.add_dry_run_argument(parser)
 
-    def handle(
-        self, *args: Any, older_than: str, batch_size: int, dry_run: bool, **options: Any
-    ) -> None:
-        batch_size = positive_int_option(batch_size, "--batch-size")
-        cutoff = timezone.now() - duration_option(older_than)
+    def handle(self, *, older_than: str, batch_size: Any, dry_run: bool, **_: Any) -> None:
+        cutoff = self.older_than(older_than)
+        size = self.batch_size(batch_size) or DEFAULT_BATCH_SIZE
         runs = TaskRun.objects.filter(purgeable(cutoff))
         total = runs.count()
-        if dry_run:
-            self.stdout.write(f"Would delete {total} task runs older than {older_than}.")
+        detail = f"older than {older_than}"
+        if dry_run or not total:
+            self.report("purge", total, "task run", detail, dry_run=dry_run)
             return
         deleted = 0
-        for deleted in delete_in_batches(runs, batch_size):
-            self.stdout.write(f"Deleted {deleted} of {total} task runs.")
-        self.stdout.write(f"Purged {deleted} task runs older than {older_than}.")
+        for deleted in delete_in_batches(runs, size):
+            self.progress("purge", deleted, total, "task run")
+        self.report("purge", deleted, "task run", detail, dry_run=False)

@@ -1,8 +1,9 @@
 """``manage.py replay_dead_letters``: republish pending dead letters, guarded.
 
-Exit codes: 0 done (or nothing to do), 1 bad input, 2 stopped by a guard (canary failed
-or timed out, failure rate over ``--max-failure-rate``), 3 publishing failed (broker).
-A second run after an interrupt continues: replayed rows are no longer pending.
+Exit codes (README, "Exit codes"): 0 done or nothing to do, 1 bad input, 2 stopped by a
+guard (canary failed or timed out, failure rate over ``--max-failure-rate``), 3 broker
+unreachable, 4 interrupted with part of the rows replayed. A second run continues:
+replayed rows are no longer pending.
 """
 
 from __future__ import annotations
@@ -14,10 +15,18 @@ import uuid
 from argparse import ArgumentParser
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from djcelery_ops.conf import ops_settings
-from djcelery_ops.deadletter.services import Outcome, ReplayError, plan, replay
+from djcelery_ops.deadletter.services import Outcome, ReplayError, replay
+from djcelery_ops.management.base import (
+    EXIT_BROKER_UNREACHABLE,
+    EXIT_INTERRUPTED,
+    EXIT_STOPPED_BY_GUARD,
+    OpsCommand,
+    plural,
+    positive_int_option,
+)
 from djcelery_ops.management.commands import _dead_letters as common
 from djcelery_ops.models import Replay
 
@@ -51,7 +60,7 @@ class GuardStop(Exception):
     pass
 
 
-class Command(BaseCommand):
+class Command(OpsCommand):
     help = "Replay pending dead letters as new tasks (guarded, resumable, rate-limited)."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
@@ -66,39 +75,59 @@ class Command(BaseCommand):
             "(0.1 or 10%%); each batch then waits for its outcomes.",
         )
 
-    def handle(self, *args: Any, **options: Any) -> None:
+    def handle(
+        self,
+        *,
+        dry_run: bool,
+        reason: str,
+        by: str | None,
+        batch_size: str | None,
+        rate: str | None,
+        canary: str | None,
+        canary_timeout: str | None,
+        max_failure_rate: str | None,
+        **options: Any,
+    ) -> None:
         selection = common.selection_from_options(options)
-        by = common.actor_from_options(options)
-        batch_size = common.parse_positive_int(options["batch_size"], "--batch-size")
-        rate = parse_rate(options["rate"])
-        canary = common.parse_positive_int(options["canary"], "--canary")
-        max_failure_rate = parse_fraction(options["max_failure_rate"])
-        timeout = self._timeout(options["canary_timeout"])
-        rows = selection.queryset(status=None if selection.ids else "pending")
-        if options["dry_run"]:
-            for line in common.plan_lines("replay", plan(rows)):
+        actor = common.actor(dry_run=dry_run, reason=reason, by=by)
+        size = self.batch_size(batch_size) or ops_settings.DEAD_LETTER_REPLAY_BATCH_SIZE
+        per_second = parse_rate(rate)
+        first = None if canary is None else positive_int_option(canary, "--canary")
+        failure_limit = parse_fraction(max_failure_rate)
+        timeout = self._timeout(canary_timeout)
+        the_plan = common.announce(self, "replay", selection, action="replay")
+        if not the_plan.applicable:
+            return
+        if dry_run:
+            for line in common.plan_lines("replay", the_plan):
                 self.stdout.write(line)
             return
-        ids = list(rows.values_list("pk", flat=True))
-        if not ids:
-            self.stdout.write("No pending dead letters match.")
-            return
-        size = batch_size or ops_settings.DEAD_LETTER_REPLAY_BATCH_SIZE
-        if rate is not None:
-            size = min(size, max(1, math.floor(rate)))  # bursts of at most one second
-        run = _Run(self, ids, by, options["reason"], size, rate, timeout)
+        ids = list(common.matching_rows(selection).values_list("pk", flat=True))
+        if per_second is not None:
+            size = min(size, max(1, math.floor(per_second)))  # bursts of at most one second
+        run = _Run(self, ids, actor, reason, size, per_second, timeout)
+        self._go(run, first, failure_limit)
+        self.stdout.write(run.summary())
+
+    def _go(self, run: _Run, canary: int | None, max_failure_rate: float | None) -> None:
         try:
             run.go(canary, max_failure_rate)
         except GuardStop as stop:
             raise CommandError(
-                f"Stopped: {stop} {run.summary()}", returncode=common.EXIT_STOPPED_BY_GUARD
+                f"Stopped: {stop} {run.summary()}", returncode=EXIT_STOPPED_BY_GUARD
             ) from None
         except ReplayError as error:
             raise CommandError(
                 f"Stopped: {error}; those rows stay pending. {run.summary()}",
-                returncode=common.EXIT_PUBLISH_FAILED,
+                returncode=EXIT_BROKER_UNREACHABLE,
             ) from None
-        self.stdout.write(run.summary())
+        except KeyboardInterrupt:
+            # Each batch is committed and published on its own: what is done stays done.
+            raise CommandError(
+                f"Interrupted. {run.summary()}\nRun the same command again to replay the "
+                "rest; replayed rows are no longer pending and are not replayed twice.",
+                returncode=EXIT_INTERRUPTED,
+            ) from None
 
     def _timeout(self, text: str | None) -> float:
         if text is None:
@@ -191,7 +220,6 @@ class _Run:
             )
 
     def summary(self) -> str:
-        done = self.total.done
-        lines = [f"Replayed {done} dead letter{'s' * (done != 1)} (run {self.total.run_id})."]
+        lines = [f"Replayed {plural(self.total.done, 'dead letter')} (run {self.total.run_id})."]
         lines += common.skipped_lines(dict(self.total.skipped))
         return "\n".join(lines)

@@ -1,11 +1,16 @@
-"""``manage.py sync_schedules``: upsert DJCELERY_OPS_SCHEDULES into django-celery-beat."""
+"""``manage.py sync_celery_schedules``: upsert DJCELERY_OPS_SCHEDULES into django-celery-beat.
+
+Exit codes (README, "Exit codes"): 0 done or nothing to do, 1 bad input (invalid
+declarations, nothing written).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
+from djcelery_ops.management.base import OpsCommand, plural
 from djcelery_ops.schedules.declarations import DeclarationError
 from djcelery_ops.schedules.sync import Change, apply_sync, count_actions, plan_from_settings
 
@@ -40,14 +45,14 @@ SUMMARY_ORDER = (
 )
 
 
-class Command(BaseCommand):
+class Command(OpsCommand):
     help = (
         "Create and update django-celery-beat periodic tasks from DJCELERY_OPS_SCHEDULES. "
         "Admin edits of synced rows are kept and reported as drift unless --force."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--dry-run", action="store_true", help="Show the plan, write nothing.")
+        self.add_dry_run_argument(parser)
         parser.add_argument(
             "--prune", action="store_true", help="Disable synced rows no longer declared."
         )
@@ -55,7 +60,7 @@ class Command(BaseCommand):
             "--force", action="store_true", help="Overwrite admin edits of synced rows."
         )
 
-    def handle(self, *args: Any, dry_run: bool, prune: bool, force: bool, **options: Any) -> None:
+    def handle(self, *, dry_run: bool, prune: bool, force: bool, **_: Any) -> None:
         try:
             changes = plan_from_settings(prune=prune, force=force)
         except DeclarationError as exc:
@@ -72,8 +77,15 @@ def describe(change: Change, *, dry_run: bool) -> str:
     return template.format(name=change.name, fields=", ".join(change.fields))
 
 
+# What sync writes; the other actions leave the row as it is.
+WRITES = frozenset(DONE)
+
+
 def summary(changes: list[Change], *, dry_run: bool) -> str:
     counts = count_actions(changes)
     parts = ", ".join(f"{counts[action]} {action}" for action in SUMMARY_ORDER if counts[action])
-    prefix = "Dry run, nothing written" if dry_run else "Synced"
-    return f"{prefix}: {parts or 'no schedules'}."
+    writes = sum(counts[action] for action in WRITES)
+    if not writes:
+        return f"Nothing to sync: {parts or 'no schedules declared'}."
+    done = "Would sync" if dry_run else "Synced"
+    return f"{done} {plural(writes, 'schedule')}: {parts}."

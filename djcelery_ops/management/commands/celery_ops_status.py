@@ -1,13 +1,12 @@
-"""``manage.py ops_status``: one line per part of djcelery_ops about its running state."""
+"""``manage.py celery_ops_status``: one line per part of djcelery_ops about its running state."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from django.core.management.base import BaseCommand
-
 from djcelery_ops.conf import ops_settings
+from djcelery_ops.management.base import OpsCommand
 from djcelery_ops.schedules.leader import lease_state
 
 
@@ -25,10 +24,10 @@ def beat_leader_lines() -> list[str]:
 SECTIONS: list[Callable[[], list[str]]] = [beat_leader_lines]
 
 
-class Command(BaseCommand):
+class Command(OpsCommand):
     help = "Show the operational state of djcelery_ops (beat leader, ...)."
 
-    def handle(self, *args: Any, **options: Any) -> None:
+    def handle(self, **_: Any) -> None:
         for section in SECTIONS:
             for line in section():
                 self.stdout.write(line)
