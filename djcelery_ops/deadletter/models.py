@@ -148,7 +148,25 @@ class DeliveryCount(models.Model):
         return f"{self.task_id}: {self.deliveries}"
 
 
-class Replay(models.Model):
+class OperatorAction(models.Model):
+    """Who acted on a dead letter and why: the fields replays and discards share."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("user"),
+    )
+    by = models.CharField(_("by"), max_length=255)
+    reason = models.TextField(_("reason"))
+
+    class Meta:
+        abstract = True
+
+
+class Replay(OperatorAction):
     """Lineage of one replay: which dead letter, who, when, why, what was edited, outcome.
 
     The new task id links the replayed message back here: its success resolves the dead
@@ -163,16 +181,6 @@ class Replay(models.Model):
     dead_letter = models.ForeignKey(
         DeadLetter, on_delete=models.CASCADE, related_name="replays", verbose_name=_("dead letter")
     )
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        on_delete=models.SET_NULL,
-        null=True,
-        blank=True,
-        related_name="+",
-        verbose_name=_("user"),
-    )
-    by = models.CharField(_("by"), max_length=255)
-    reason = models.TextField(_("reason"))
     created_at = models.DateTimeField(_("replayed at"), default=timezone.now)
     run_id = models.CharField(_("run id"), max_length=32, db_index=True)
     edits = models.JSONField(
@@ -196,22 +204,12 @@ class Replay(models.Model):
         return f"replay of {self.dead_letter_id} as {self.new_task_id} ({self.outcome})"
 
 
-class Discard(models.Model):
+class Discard(OperatorAction):
     """Who discarded a dead letter, when and why."""
 
     dead_letter = models.ForeignKey(
         DeadLetter, on_delete=models.CASCADE, related_name="discards", verbose_name=_("dead letter")
     )
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        on_delete=models.SET_NULL,
-        null=True,
-        blank=True,
-        related_name="+",
-        verbose_name=_("user"),
-    )
-    by = models.CharField(_("by"), max_length=255)
-    reason = models.TextField(_("reason"))
     created_at = models.DateTimeField(_("discarded at"), default=timezone.now)
 
     class Meta:

@@ -21,8 +21,11 @@ from datetime import timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
+
+from djcelery_ops.db import delete_in_batches
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 1
@@ -216,3 +219,16 @@ class OpsCommand(BaseCommand):
     def progress(self, verb: str, done: int, total: int, thing: str) -> None:
         things = plural(total, thing).split(" ", 1)[1]
         self.stdout.write(f"{past_tense(verb).capitalize()} {done}/{total} {things} so far.")
+
+    def purge_rows(
+        self, rows: QuerySet[Any], thing: str, detail: str, *, batch_size: int, dry_run: bool
+    ) -> None:
+        """Delete ``rows`` in batches with progress, or say what a dry run would delete."""
+        total = rows.count()
+        if dry_run or not total:
+            self.report("purge", total, thing, detail, dry_run=dry_run)
+            return
+        deleted = 0
+        for deleted in delete_in_batches(rows, batch_size):
+            self.progress("purge", deleted, total, thing)
+        self.report("purge", deleted, thing, detail, dry_run=False)

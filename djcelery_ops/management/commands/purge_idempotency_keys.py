@@ -9,7 +9,6 @@ from typing import Any
 
 from django.core.management.base import CommandParser
 
-from djcelery_ops.db import delete_in_batches
 from djcelery_ops.idempotency.models import IdempotencyKey
 from djcelery_ops.management.base import OpsCommand
 
@@ -31,12 +30,5 @@ class Command(OpsCommand):
         cutoff = self.older_than(older_than)
         size = self.batch_size(batch_size) or DEFAULT_BATCH_SIZE
         rows = IdempotencyKey.objects.finished_before(cutoff)
-        total = rows.count()
         detail = f"older than {older_than}"
-        if dry_run or not total:
-            self.report("purge", total, "idempotency key", detail, dry_run=dry_run)
-            return
-        deleted = 0
-        for deleted in delete_in_batches(rows, size):
-            self.progress("purge", deleted, total, "idempotency key")
-        self.report("purge", deleted, "idempotency key", detail, dry_run=False)
+        self.purge_rows(rows, "idempotency key", detail, batch_size=size, dry_run=dry_run)

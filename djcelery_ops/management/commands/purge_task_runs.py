@@ -11,7 +11,6 @@ from typing import Any
 
 from django.db.models import Q
 
-from djcelery_ops.db import delete_in_batches
 from djcelery_ops.management.base import OpsCommand
 from djcelery_ops.runs.models import TaskRun
 
@@ -37,12 +36,5 @@ class Command(OpsCommand):
         cutoff = self.older_than(older_than)
         size = self.batch_size(batch_size) or DEFAULT_BATCH_SIZE
         runs = TaskRun.objects.filter(purgeable(cutoff))
-        total = runs.count()
         detail = f"older than {older_than}"
-        if dry_run or not total:
-            self.report("purge", total, "task run", detail, dry_run=dry_run)
-            return
-        deleted = 0
-        for deleted in delete_in_batches(runs, size):
-            self.progress("purge", deleted, total, "task run")
-        self.report("purge", deleted, "task run", detail, dry_run=False)
+        self.purge_rows(runs, "task run", detail, batch_size=size, dry_run=dry_run)
