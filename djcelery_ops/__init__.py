@@ -32,7 +32,7 @@ _PUBLIC = {
     "replay_dead_letters": ("djcelery_ops.deadletter.replay", "replay"),
     "discard_dead_letters": ("djcelery_ops.deadletter.discard", "discard"),
     "purge_dead_letters": ("djcelery_ops.deadletter.discard", "purge"),
-    "ReplayError": ("djcelery_ops.deadletter.replay", "ReplayError"),
+    "ReplayError": ("djcelery_ops.deadletter.outbox", "ReplayError"),
     # Periodic jobs
     "Schedule": ("djcelery_ops.schedules.declarations", "Schedule"),
     "LockedDatabaseScheduler": ("djcelery_ops.schedules.scheduler", "LockedDatabaseScheduler"),
@@ -63,7 +63,7 @@ __all__ = [
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ loads them
     from djcelery_ops.deadletter.discard import discard as discard_dead_letters
     from djcelery_ops.deadletter.discard import purge as purge_dead_letters
-    from djcelery_ops.deadletter.replay import ReplayError
+    from djcelery_ops.deadletter.outbox import ReplayError
     from djcelery_ops.deadletter.replay import replay as replay_dead_letters
     from djcelery_ops.deadletter.selection import Selection as DeadLetterSelection
     from djcelery_ops.exceptions import PermanentError, TransientError

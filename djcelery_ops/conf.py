@@ -78,6 +78,9 @@ class OpsSettings:
     DEAD_LETTER_REPLAY_BATCH_SIZE: int = 1000
     DEAD_LETTER_PURGE_BATCH_SIZE: int = 1000
     DEAD_LETTER_CANARY_TIMEOUT: float = 300
+    # Seconds after which a replay committed but not confirmed published counts as
+    # interrupted: ``replay_dead_letters`` publishes it again, with the same task id.
+    DEAD_LETTER_REPLAY_RECOVER_AFTER: float = 60
 
     def __init__(self) -> None:
         self._cache: dict[str, Any] = {}

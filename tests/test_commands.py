@@ -221,8 +221,8 @@ def test_exit_3__broker_unreachable(celery_queue, tmp_path: Path):
     )  # fmt: skip
     code, _out, err = finish(process)
     assert code == 3, err
-    assert "could not publish 1 of 1 replays" in err
-    assert DeadLetter.objects.get().status == "pending"
+    assert "the broker failed after 0 of 1 replays" in err
+    assert DeadLetter.objects.get().status == "replayed"  # claimed, waiting in the outbox
 
 
 @pytest.mark.django_db(transaction=True)

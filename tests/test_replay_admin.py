@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 
 import pytest
 from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Permission, User
 from django.urls import reverse
+from django.utils import timezone
 
 from djcelery_ops.models import DeadLetter, Discard, Replay
 from tests.factories import dead_letter
@@ -244,3 +246,18 @@ def test_edit_and_replay__a_truncated_payload_is_not_offered_as_arguments(
     assert response.status_code == 302
     [message] = drain(celery_queue)
     assert message["args"] == ["full"]
+
+
+def test_changelist__filters_dead_letters_whose_replay_was_interrupted(client):
+    operator(client, "view_deadletter")
+    stuck, done, other = dead_letter(), dead_letter(), dead_letter()
+    DeadLetter.objects.filter(pk__in=[stuck.pk, done.pk]).update(status="replayed")
+    old = timezone.now() - datetime.timedelta(hours=1)
+    Replay.objects.create(dead_letter=stuck, by="x", reason="r", run_id="r", new_task_id="t1",
+                          created_at=old)  # fmt: skip
+    Replay.objects.create(dead_letter=done, by="x", reason="r", run_id="r", new_task_id="t2",
+                          created_at=old, published_at=old)  # fmt: skip
+    url = reverse("admin:djcelery_ops_deadletter_changelist")
+    response = client.get(url, {"replay": "interrupted"})
+    assert [row.pk for row in response.context["cl"].result_list] == [stuck.pk]
+    assert other.pk in {row.pk for row in client.get(url).context["cl"].result_list}

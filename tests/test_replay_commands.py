@@ -14,7 +14,8 @@ from djcelery_ops.models import DeadLetter, Discard, Replay
 from tests.factories import dead_letter
 from tests.replay_helpers import drain
 
-pytestmark = pytest.mark.django_db
+# Commits for real, as in production: the publish runs on commit, inside the command.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def run(name: str, *args: str) -> str:
@@ -150,15 +151,27 @@ def test_replay__too_many_ids_is_refused():
 
 
 @pytest.mark.django_db(transaction=True)  # publish runs on commit, inside the command
-def test_replay__broker_down_exits_3_and_rows_stay_pending(settings):
-    dead_letter()
+def test_replay__broker_down_exits_3_and_the_claim_waits_in_the_outbox(settings, celery_queue):
+    dead_letter(options={"queue": celery_queue})
     settings.DJCELERY_OPS_DEAD_LETTER_CELERY_APP = "tests.test_replay_commands.down_app"
     with pytest.raises(CommandError) as caught:
         run("replay_dead_letters", "--reason=x")
     assert caught.value.returncode == 3
-    assert "could not publish 1 of 1 replays" in str(caught.value)
-    assert DeadLetter.objects.get().status == "pending"
-    assert not Replay.objects.exists()
+    message = str(caught.value)
+    assert "the broker failed after 0 of 1 replays" in message
+    assert "Replayed 0 dead letters" in message
+    assert "1 more claimed, not confirmed by the broker" in message
+    assert DeadLetter.objects.get().status == "replayed"
+    task_id = Replay.objects.get(published_at__isnull=True).new_task_id
+    # The broker is back: --recover publishes it, with the same task id.
+    settings.DJCELERY_OPS_DEAD_LETTER_CELERY_APP = None
+    assert run("replay_dead_letters", "--recover") == (
+        "Recovered 1 interrupted replay (same task ids).\n"
+    )
+    assert [m["headers"]["id"] for m in drain(celery_queue)] == [task_id]
+    assert run("replay_dead_letters", "--recover") == (
+        "Nothing to recover: no interrupted replays (same task ids).\n"
+    )
 
 
 def _down_app():

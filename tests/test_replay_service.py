@@ -16,9 +16,11 @@ from djcelery_ops.deadletter.services import (
     ReplayError,
     Selection,
     discard,
+    interrupted_replays,
     plan,
     publish_options,
     purge,
+    recover_replays,
     replay,
 )
 from djcelery_ops.deadletter.store import store_record
@@ -151,18 +153,38 @@ def test_replay__truncated_payload_is_skipped_unless_args_are_given(
 
 
 @pytest.mark.django_db
-def test_replay__broker_down_leaves_rows_pending_and_no_lineage(publishing):
-    letters = [dead_letter(), dead_letter()]
+def test_replay__broker_down_keeps_the_claims_in_the_outbox_and_recovery_publishes_them_once(
+    celery_queue, publishing
+):
+    letters = [dead_letter(options={"queue": celery_queue}) for _ in range(2)]
     down = Celery("down", broker="redis://127.0.0.1:1/0", set_as_current=False)
     down.conf.broker_write_url = "redis://127.0.0.1:1/0"  # CELERY_BROKER_URL would win
     down.conf.broker_connection_timeout = 0.5
     down.conf.task_publish_retry_policy = {"max_retries": 0}
-    failing = pytest.raises(ReplayError, match="could not publish 2 of 2 replays")
-    with failing as caught, publishing():
+    with pytest.raises(ReplayError, match="failed after 0 of 2 replays") as caught, publishing():
         replay(letters, by="ops", reason="retry", app=down)
-    assert (caught.value.published, caught.value.unpublished) == (0, 2)
-    assert set(DeadLetter.objects.values_list("status", flat=True)) == {"pending"}
-    assert not Replay.objects.exists()
+    assert (caught.value.published, caught.value.unconfirmed) == (0, 2)
+    assert caught.value.outcome.done == 2 and caught.value.outcome.published == 0
+    # Claimed for good: no second replay can take them, and nothing was lost either.
+    assert set(DeadLetter.objects.values_list("status", flat=True)) == {"replayed"}
+    outbox = list(Replay.objects.order_by("pk").values_list("new_task_id", flat=True))
+    assert len(outbox) == 2 and interrupted_replays(older_than=0).count() == 2
+    assert replay(letters, by="ops", reason="again").done == 0
+    with publishing():
+        assert recover_replays(older_than=0) == 2
+    sent = drain(celery_queue)
+    assert sorted(message["headers"]["id"] for message in sent) == sorted(outbox)  # same ids
+    assert not interrupted_replays(older_than=0).exists()
+    with publishing():
+        assert recover_replays(older_than=0) == 0
+
+
+@pytest.mark.django_db
+def test_recovery__waits_for_a_young_replay_that_another_process_may_still_publish(publishing):
+    letter = dead_letter()
+    Replay.objects.create(dead_letter=letter, by="x", reason="r", run_id="r", new_task_id="t1")
+    assert interrupted_replays().count() == 0  # younger than the recovery delay
+    assert interrupted_replays(older_than=0).count() == 1
 
 
 @pytest.mark.django_db

@@ -45,6 +45,23 @@ def _edit_initial(letter: DeadLetter) -> dict[str, str]:
     return {"args": json.dumps(letter.args), "kwargs": json.dumps(letter.kwargs)}
 
 
+class InterruptedReplayFilter(admin.SimpleListFilter):
+    """Dead letters whose replay was committed but never confirmed by the broker: the next
+    ``replay_dead_letters`` run (or ``--recover``) publishes them with the same task ids."""
+
+    title = _("replay")
+    parameter_name = "replay"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [("interrupted", _("interrupted (not confirmed by the broker)"))]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() != "interrupted":
+            return queryset
+        letters = service.interrupted_replays().values("dead_letter_id")
+        return queryset.filter(pk__in=letters)
+
+
 @admin.register(DeadLetter)
 class DeadLetterAdmin(ReadOnlyAdminMixin[DeadLetter]):
     list_display = [
@@ -57,7 +74,9 @@ class DeadLetterAdmin(ReadOnlyAdminMixin[DeadLetter]):
         "queue",
         "last_failed_at",
     ]
-    list_filter = ["status", "reason", "task_name", "exception_class", "queue"]
+    list_filter = [
+        "status", InterruptedReplayFilter, "reason", "task_name", "exception_class", "queue",
+    ]  # fmt: skip
     search_fields = ["task_id", "task_name", "exception_message", "fingerprint", "root_id"]
     date_hierarchy = "last_failed_at"
     list_per_page = 50

@@ -194,6 +194,9 @@ class Replay(OperatorAction):
         _("outcome"), max_length=16, choices=Outcome.choices, default=Outcome.PENDING
     )
     finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    # Set once the broker confirmed the message. A replay committed but never confirmed
+    # (the broker cut, the process killed) is published again with the same task id.
+    published_at = models.DateTimeField(_("published at"), null=True, blank=True)
 
     class Meta:
         verbose_name = _("replay")

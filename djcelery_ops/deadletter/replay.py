@@ -9,12 +9,13 @@ How a replay stays safe:
    The same transaction writes the ``Replay`` rows (with the new task ids).
 2. Publish after commit (``transaction.on_commit``): a worker that runs the replayed task
    at once finds its ``Replay`` row, so its outcome is never lost.
-3. A publish that fails (broker down) is compensated: the rows not published go back to
-   ``pending`` and their ``Replay`` rows are deleted, then ``ReplayError`` is raised. The
-   alternative, publishing inside the transaction, risks a message whose claim and lineage
-   were rolled back (commit failure), i.e. a task running twice after a second replay;
-   compensating leaves at worst a row marked replayed when the process dies between commit
-   and publish, which is visible (a replay that stays pending) and replayable by hand.
+3. The ``Replay`` rows are an outbox (``deadletter.outbox``): each carries the task id its
+   message is published with, and is marked published once the broker confirmed it. A
+   broker that fails mid-batch, or a process killed after the commit, leaves rows not
+   marked; the next run publishes them again with the same task ids, and the worker runs a
+   replayed task id once. So every claimed dead letter is executed, once, with no
+   operator bookkeeping. (Publishing inside the transaction was rejected: a commit that
+   fails after the publish would leave a running task whose claim was rolled back.)
 """
 
 from __future__ import annotations
@@ -25,17 +26,14 @@ from collections.abc import Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from celery import current_app
 from django.db import transaction
 from django.db.models import QuerySet
-from django.utils import timezone
-from django.utils.module_loading import import_string
 
 from djcelery_ops.conf import ops_settings
 from djcelery_ops.deadletter.models import DeadLetter, Replay
+from djcelery_ops.deadletter.outbox import ReplayError, publish_replays
 from djcelery_ops.deadletter.selection import chunks, selected_ids
 from djcelery_ops.deadletter.transitions import Outcome, actor_of, claim, count_skipped
-from djcelery_ops.wire import REPLAY_HEADER
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -45,22 +43,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("djcelery_ops.deadletter")
 
 Status = DeadLetter.Status
-
-
-class ReplayError(Exception):
-    """A replay could not be published; the rows not published stay pending."""
-
-    def __init__(self, message: str, *, published: int, unpublished: int) -> None:
-        super().__init__(message)
-        self.published = published
-        self.unpublished = unpublished
-
-
-def celery_app() -> Celery:
-    """The project's Celery app: ``DJCELERY_OPS_DEAD_LETTER_CELERY_APP`` or the current one."""
-    path = ops_settings.DEAD_LETTER_CELERY_APP
-    app: Celery = import_string(path) if path else current_app
-    return app
 
 
 def _edits(letter: DeadLetter, args: Any, kwargs: Any, queue: str | None) -> dict[str, Any]:
@@ -89,7 +71,8 @@ def replay(
     ``args``/``kwargs``/``queue`` replace the stored values for every row (edit and
     replay); giving both args and kwargs also allows replaying a truncated payload.
     Called inside an atomic block, publishing happens when that block commits.
-    Raises ``ReplayError`` when publishing fails (those rows are pending again).
+    Raises ``ReplayError`` when the broker fails; its ``outcome`` says what was claimed and
+    published so far, and the claimed rows stay in the outbox for the next run.
     """
     if not reason.strip():
         raise ValueError("a reason is required")
@@ -119,14 +102,18 @@ def replay(
                 for letter in letters
             ]
             Replay.objects.bulk_create(replays)
-            publish = partial(_publish_or_compensate, app, replays, args, kwargs, queue)
-            transaction.on_commit(publish)
-        for replay_row in replays:
-            outcome.per_task[replay_row.dead_letter.task_name] += 1
-        outcome.done += len(replays)
-        outcome.dead_letter_ids.extend(letter.pk for letter in letters)
-        outcome.new_task_ids.extend(replay_row.new_task_id for replay_row in replays)
+            _count(outcome, replays)
+            # The outbox: claim, lineage and task ids commit together, then publish.
+            transaction.on_commit(partial(_publish, outcome, replays, app))
     return outcome
+
+
+def _count(outcome: Outcome, replays: list[Replay]) -> None:
+    for replay_row in replays:
+        outcome.per_task[replay_row.dead_letter.task_name] += 1
+    outcome.done += len(replays)
+    outcome.dead_letter_ids.extend(replay_row.dead_letter_id for replay_row in replays)
+    outcome.new_task_ids.extend(replay_row.new_task_id for replay_row in replays)
 
 
 def _check_edit_types(args: Any, kwargs: Any) -> None:
@@ -138,64 +125,10 @@ def _check_edit_types(args: Any, kwargs: Any) -> None:
         raise TypeError("kwargs must be an object with string keys")
 
 
-def publish_options(letter: DeadLetter, queue: str | None = None) -> dict[str, Any]:
-    """Routing and headers of the original message, for a new task id and no ETA/expiry."""
-    stored = letter.options or {}
-    headers = dict(stored.get("headers") or {})
-    headers[REPLAY_HEADER] = str(letter.pk)
-    options: dict[str, Any] = {"headers": headers, "retries": 0, "add_to_parent": False}
-    target = queue or stored.get("queue") or letter.queue
-    if target:
-        options["queue"] = target
-    elif stored.get("routing_key"):
-        options["exchange"] = stored.get("exchange") or ""
-        options["routing_key"] = stored["routing_key"]
-    for key in ("priority", "root_id", "parent_id", "group_id", "shadow", "ignore_result"):
-        if stored.get(key) is not None:
-            options[key] = stored[key]
-    for key in ("time_limit", "soft_time_limit"):
-        options[key] = stored.get(key)
-    return options
-
-
-def _publish_or_compensate(
-    app: Celery | None,
-    replays: list[Replay],
-    args: list[Any] | None,
-    kwargs: dict[str, Any] | None,
-    queue: str | None,
-) -> None:
-    app = app or celery_app()
-    published = 0
+def _publish(outcome: Outcome, replays: list[Replay], app: Celery | None) -> None:
     try:
-        with app.producer_or_acquire() as producer:
-            for replay_row in replays:
-                letter = replay_row.dead_letter
-                app.send_task(
-                    letter.task_name,
-                    args=letter.args if args is None else args,
-                    kwargs=letter.kwargs if kwargs is None else kwargs,
-                    task_id=replay_row.new_task_id,
-                    producer=producer,
-                    **publish_options(letter, queue),
-                )
-                published += 1
-    except Exception as error:
-        _compensate(replays[published:])
-        logger.error("replay publish failed after %d of %d: %r", published, len(replays), error)
-        raise ReplayError(
-            f"could not publish {len(replays) - published} of {len(replays)} replays: {error}",
-            published=published,
-            unpublished=len(replays) - published,
-        ) from error
-
-
-def _compensate(unpublished: list[Replay]) -> None:
-    """Undo the claim of rows whose message was not published."""
-    task_ids = [replay_row.new_task_id for replay_row in unpublished]
-    letter_ids = [replay_row.dead_letter_id for replay_row in unpublished]
-    with transaction.atomic():
-        Replay.objects.filter(new_task_id__in=task_ids).delete()
-        DeadLetter.objects.filter(pk__in=letter_ids, status=Status.REPLAYED).update(
-            status=Status.PENDING, updated_at=timezone.now()
-        )
+        outcome.published += publish_replays(replays, app)
+    except ReplayError as error:
+        outcome.published += error.published
+        error.outcome = outcome
+        raise

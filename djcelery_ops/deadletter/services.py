@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from djcelery_ops.deadletter.discard import PURGEABLE, discard, purge
-from djcelery_ops.deadletter.replay import ReplayError, celery_app, publish_options, replay
+from djcelery_ops.deadletter.outbox import (
+    ReplayError,
+    celery_app,
+    interrupted_replays,
+    publish_options,
+    recover_replays,
+)
+from djcelery_ops.deadletter.replay import replay
 from djcelery_ops.deadletter.selection import (
     SKIP_NOT_FOUND,
     SKIP_TRUNCATED,
@@ -24,9 +31,11 @@ __all__ = [
     "Selection",
     "celery_app",
     "discard",
+    "interrupted_replays",
     "plan",
     "publish_options",
     "purge",
+    "recover_replays",
     "replay",
     "skip_reason",
 ]

@@ -30,7 +30,8 @@ class Outcome:
     """What a replay or discard did: rows changed, per task, and rows skipped and why."""
 
     run_id: str
-    done: int = 0
+    done: int = 0  # rows claimed (replay: committed to the outbox)
+    published: int = 0  # replays the broker confirmed
     per_task: Counter[str] = dataclasses.field(default_factory=Counter)
     skipped: Counter[str] = dataclasses.field(default_factory=Counter)
     dead_letter_ids: list[int] = dataclasses.field(default_factory=list)

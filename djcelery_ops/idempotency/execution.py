@@ -15,7 +15,7 @@ from djcelery_ops.idempotency.claim import Claim, claim_lease, complete_lease, r
 from djcelery_ops.idempotency.keys import header_key, key_from_option
 from djcelery_ops.idempotency.models import IdempotencyKey
 from djcelery_ops.logs import log_event
-from djcelery_ops.wire import IDEMPOTENCY_KEY_HEADER
+from djcelery_ops.wire import IDEMPOTENCY_KEY_HEADER, REPLAY_HEADER, request_header
 
 logger = logging.getLogger("djcelery_ops.idempotency")
 
@@ -42,6 +42,26 @@ def key_for_request(task: Any, args: Any, kwargs: Any) -> str | None:
     return header_key(task.request) or key_from_option(task, args, kwargs)
 
 
+def replay_key(request: Any) -> str | None:
+    """A replayed delivery is keyed by its task id when it has no key of its own.
+
+    The replay outbox publishes a replay again, with the same task id, when the broker did
+    not confirm it (``deadletter.outbox``); keyed so, the copy that did arrive and the one
+    published again run once between them. Lease mode: the body runs outside any
+    transaction, a failure frees the key for the task's own retries.
+    """
+    if request.id and request_header(request, REPLAY_HEADER):
+        return f"replay:{request.id}"
+    return None
+
+
+def key_and_mode(task: Any, args: Any, kwargs: Any) -> tuple[str | None, str]:
+    key = key_for_request(task, args, kwargs)
+    if key is not None:
+        return key, task.idempotency_mode
+    return replay_key(task.request), IdempotencyKey.Mode.LEASE
+
+
 def lease_seconds(task: Any) -> float:
     """The task's hard time limit (per call, else the task's) plus the margin."""
     timelimit = getattr(task.request, "timelimit", None) or (None, None)
@@ -58,11 +78,10 @@ def run_idempotently(task: Any, args: Any, kwargs: Any, call: Callable[[], Any])
         release_enqueue_lock(task, args, kwargs, request.id)
     if request.called_directly:
         return call()  # a plain function call, not a delivery
-    key = key_for_request(task, args, kwargs)
+    key, mode = key_and_mode(task, args, kwargs)
     if key is None:
         return call()
     setattr(request, IDEMPOTENCY_KEY_HEADER, key)  # noqa: B010 - the body reads it downstream
-    mode = task.idempotency_mode
     owner = str(request.id or "")
     if mode == IdempotencyKey.Mode.ATOMIC:
         claim, result = run_atomic(key, task_name=task.name, owner_task_id=owner, body=call)

@@ -15,6 +15,7 @@ from djcelery_ops.conf import UNSET, ops_settings
 from djcelery_ops.exceptions import PermanentError, TransientError
 from djcelery_ops.idempotency.keys import header_key
 from djcelery_ops.logs import log_event
+from djcelery_ops.wire import REPLAY_HEADER, request_header
 
 task_logger = get_task_logger(__name__)
 
@@ -155,7 +156,8 @@ class OpsTask(Task):  # type: ignore[type-arg]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         plain = self.unique_for is None and self.idempotency_key is None
-        if plain and not header_key(self.request):
+        request = self.request
+        if plain and not header_key(request) and not request_header(request, REPLAY_HEADER):
             return super().__call__(*args, **kwargs)
         from djcelery_ops.idempotency.execution import run_idempotently
 

@@ -87,6 +87,7 @@ def skipped_lines(skipped: dict[str, int]) -> list[str]:
 
 def merge(total: Outcome, part: Outcome) -> None:
     total.done += part.done
+    total.published += part.published
     total.per_task.update(part.per_task)
     total.skipped.update(part.skipped)
     total.dead_letter_ids += part.dead_letter_ids

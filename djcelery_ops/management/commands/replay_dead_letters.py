@@ -18,7 +18,13 @@ from typing import Any
 from django.core.management.base import CommandError
 
 from djcelery_ops.conf import ops_settings
-from djcelery_ops.deadletter.services import Outcome, ReplayError, replay
+from djcelery_ops.deadletter.services import (
+    Outcome,
+    ReplayError,
+    interrupted_replays,
+    recover_replays,
+    replay,
+)
 from djcelery_ops.management.base import (
     EXIT_BROKER_UNREACHABLE,
     EXIT_INTERRUPTED,
@@ -74,6 +80,13 @@ class Command(OpsCommand):
             help="Stop when more than this fraction of finished replays failed again "
             "(0.1 or 10%%); each batch then waits for its outcomes.",
         )
+        parser.add_argument(
+            "--recover",
+            action="store_true",
+            help="Only publish again, with their own task ids, the replays an earlier run "
+            "committed but the broker never confirmed (every run does this first for "
+            "those older than DJCELERY_OPS_DEAD_LETTER_REPLAY_RECOVER_AFTER).",
+        )
 
     def handle(
         self,
@@ -86,8 +99,12 @@ class Command(OpsCommand):
         canary: str | None,
         canary_timeout: str | None,
         max_failure_rate: str | None,
+        recover: bool = False,
         **options: Any,
     ) -> None:
+        if recover:
+            self._recover(dry_run=dry_run, older_than=0)
+            return
         selection = common.selection_from_options(options)
         actor = common.actor(dry_run=dry_run, reason=reason, by=by)
         size = self.batch_size(batch_size) or ops_settings.DEAD_LETTER_REPLAY_BATCH_SIZE
@@ -102,12 +119,26 @@ class Command(OpsCommand):
             for line in common.plan_lines("replay", the_plan):
                 self.stdout.write(line)
             return
+        self._recover(dry_run=False, older_than=None)
         ids = list(common.matching_rows(selection).values_list("pk", flat=True))
         if per_second is not None:
             size = min(size, max(1, math.floor(per_second)))  # bursts of at most one second
         run = _Run(self, ids, actor, reason, size, per_second, timeout)
         self._go(run, first, failure_limit)
         self.stdout.write(run.summary())
+
+    def _recover(self, *, dry_run: bool, older_than: float | None) -> None:
+        """Finish interrupted replays first: the outbox rows no broker confirmed."""
+        if dry_run:
+            count = interrupted_replays(older_than).count()
+            self.report("recover", count, "interrupted replay", "(same task ids)", dry_run=True)
+            return
+        try:
+            count = recover_replays(older_than=older_than)
+        except ReplayError as error:
+            raise CommandError(f"Stopped: {error}", returncode=EXIT_BROKER_UNREACHABLE) from None
+        if count or older_than == 0:
+            self.report("recover", count, "interrupted replay", "(same task ids)", dry_run=False)
 
     def _go(self, run: _Run, canary: int | None, max_failure_rate: float | None) -> None:
         try:
@@ -117,9 +148,10 @@ class Command(OpsCommand):
                 f"Stopped: {stop} {run.summary()}", returncode=EXIT_STOPPED_BY_GUARD
             ) from None
         except ReplayError as error:
+            if error.outcome is not None:
+                common.merge(run.total, error.outcome)
             raise CommandError(
-                f"Stopped: {error}; those rows stay pending. {run.summary()}",
-                returncode=EXIT_BROKER_UNREACHABLE,
+                f"Stopped: {error}. {run.summary()}", returncode=EXIT_BROKER_UNREACHABLE
             ) from None
         except KeyboardInterrupt:
             # Each batch is committed and published on its own: what is done stays done.
@@ -182,7 +214,8 @@ class _Run:
         )
         common.merge(self.total, part)
         skipped = sum(self.total.skipped.values())
-        self.command.stdout.write(f"Replayed {self.total.done}/{len(self.ids)} (skipped {skipped})")
+        published = self.total.published
+        self.command.stdout.write(f"Replayed {published}/{len(self.ids)} (skipped {skipped})")
         self._throttle()
         return part
 
@@ -220,6 +253,12 @@ class _Run:
             )
 
     def summary(self) -> str:
-        lines = [f"Replayed {plural(self.total.done, 'dead letter')} (run {self.total.run_id})."]
+        published = self.total.published
+        lines = [f"Replayed {plural(published, 'dead letter')} (run {self.total.run_id})."]
+        if self.total.done > published:
+            lines.append(
+                f"{self.total.done - published} more claimed, not confirmed by the broker: "
+                "they stay in the outbox; the next run publishes them with the same task ids."
+            )
         lines += common.skipped_lines(dict(self.total.skipped))
         return "\n".join(lines)

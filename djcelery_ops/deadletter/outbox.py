@@ -1,0 +1,167 @@
+"""Publishing replays from the outbox: the ``Replay`` rows a claim committed.
+
+A replay's task id is decided and committed with its claim (``replay.replay``), so the
+``Replay`` row is an outbox entry: the message to send, under which id. Publishing sends
+it with that id and then marks the row ``published_at``. Two faults leave entries that are
+committed but not marked:
+
+- the broker connection drops mid-batch: the message in flight may or may not have
+  reached the broker (an error after ``publish`` was called proves nothing), and the
+  messages after it were not sent;
+- the process dies between the commit and the publish, or before marking.
+
+``recover_replays`` publishes such entries again, with the SAME task id. A copy that did
+reach the broker and a republished copy are the same task id, and an ``OpsTask`` runs a
+replayed task id at most once (``djcelery_ops.idempotency`` keys a replayed delivery by its
+task id, in lease mode), so publishing again is safe where not publishing would lose it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from celery import current_app
+from django.db import DatabaseError, InterfaceError
+from django.db.models import QuerySet
+from django.utils import timezone
+from django.utils.module_loading import import_string
+
+from djcelery_ops.conf import ops_settings
+from djcelery_ops.deadletter.models import DeadLetter, Replay
+from djcelery_ops.wire import REPLAY_HEADER
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+logger = logging.getLogger("djcelery_ops.deadletter")
+
+
+class ReplayError(Exception):
+    """Publishing stopped (broker unreachable). Nothing is lost: the replays not confirmed
+    stay in the outbox and the next ``replay_dead_letters`` run (or ``--recover``)
+    publishes them with the same task ids."""
+
+    def __init__(self, message: str, *, published: int, unconfirmed: int) -> None:
+        super().__init__(message)
+        self.published = published  # confirmed by the broker
+        self.unconfirmed = unconfirmed  # in flight when it failed, or never sent
+        self.outcome: Any = None  # set by ``replay()``: what the whole call had done
+
+
+def celery_app() -> Celery:
+    """The project's Celery app: ``DJCELERY_OPS_DEAD_LETTER_CELERY_APP`` or the current one."""
+    path = ops_settings.DEAD_LETTER_CELERY_APP
+    app: Celery = import_string(path) if path else current_app
+    return app
+
+
+def publish_options(letter: DeadLetter, queue: str | None = None) -> dict[str, Any]:
+    """Routing and headers of the original message, for a new task id and no ETA/expiry."""
+    stored = letter.options or {}
+    headers = dict(stored.get("headers") or {})
+    headers[REPLAY_HEADER] = str(letter.pk)
+    options: dict[str, Any] = {"headers": headers, "retries": 0, "add_to_parent": False}
+    target = queue or stored.get("queue") or letter.queue
+    if target:
+        options["queue"] = target
+    elif stored.get("routing_key"):
+        options["exchange"] = stored.get("exchange") or ""
+        options["routing_key"] = stored["routing_key"]
+    for key in ("priority", "root_id", "parent_id", "group_id", "shadow", "ignore_result"):
+        if stored.get(key) is not None:
+            options[key] = stored[key]
+    for key in ("time_limit", "soft_time_limit"):
+        options[key] = stored.get(key)
+    return options
+
+
+def _edited(replay: Replay, field: str, stored: Any) -> Any:
+    """The value the operator gave for ``field`` (edit and replay), else the stored one."""
+    edit = (replay.edits or {}).get(field)
+    return edit["new"] if isinstance(edit, dict) and "new" in edit else stored
+
+
+def _send(app: Celery, replay: Replay, producer: Any) -> None:
+    letter = replay.dead_letter
+    app.send_task(
+        letter.task_name,
+        args=_edited(replay, "args", letter.args),
+        kwargs=_edited(replay, "kwargs", letter.kwargs),
+        task_id=replay.new_task_id,
+        producer=producer,
+        **publish_options(letter, _edited(replay, "queue", None)),
+    )
+
+
+def publish_replays(replays: Iterable[Replay], app: Celery | None = None) -> int:
+    """Send each replay's message with its task id, then mark the sent ones published.
+
+    Returns how many the broker confirmed; raises ``ReplayError`` when the broker fails
+    (those confirmed before are marked; the others stay in the outbox).
+    """
+    app = app or celery_app()
+    rows = list(replays)
+    sent: list[str] = []
+    try:
+        with app.producer_or_acquire() as producer:
+            for replay in rows:
+                _send(app, replay, producer)
+                sent.append(replay.new_task_id)
+    except Exception as error:
+        _mark_published(sent)
+        left = len(rows) - len(sent)
+        logger.error("replay publish failed after %d of %d: %r", len(sent), len(rows), error)
+        raise ReplayError(
+            f"the broker failed after {len(sent)} of {len(rows)} replays ({error}); the "
+            f"{left} not confirmed stay in the outbox and are published again, with the "
+            "same task ids, by the next replay_dead_letters run",
+            published=len(sent),
+            unconfirmed=left,
+        ) from error
+    _mark_published(sent)
+    return len(sent)
+
+
+def _mark_published(task_ids: list[str]) -> None:
+    """Best effort: an unmarked replay is only published again, never lost."""
+    if not task_ids:
+        return
+    try:
+        Replay.objects.filter(new_task_id__in=task_ids).update(published_at=timezone.now())
+    except (DatabaseError, InterfaceError) as error:
+        logger.warning("%d replays published but not marked (%s)", len(task_ids), error)
+
+
+def interrupted_replays(older_than: float | None = None) -> QuerySet[Replay]:
+    """Replays committed but not confirmed published, for ``older_than`` seconds at least
+    (default ``DJCELERY_OPS_DEAD_LETTER_REPLAY_RECOVER_AFTER``): a younger one may still be
+    on its way out of another process."""
+    seconds = ops_settings.DEAD_LETTER_REPLAY_RECOVER_AFTER if older_than is None else older_than
+    cutoff = timezone.now() - datetime.timedelta(seconds=float(seconds))
+    return Replay.objects.filter(
+        outcome=Replay.Outcome.PENDING, published_at__isnull=True, created_at__lte=cutoff
+    )
+
+
+def recover_replays(
+    *, older_than: float | None = None, batch_size: int | None = None, app: Celery | None = None
+) -> int:
+    """Publish interrupted replays again with their own task ids; returns how many."""
+    size = batch_size or ops_settings.DEAD_LETTER_REPLAY_BATCH_SIZE
+    recovered = 0
+    for batch in _batches(interrupted_replays(older_than), size):
+        recovered += publish_replays(batch, app)
+    return recovered
+
+
+def _batches(rows: QuerySet[Replay], size: int) -> Iterator[list[Replay]]:
+    last = 0
+    while True:
+        batch = list(rows.filter(pk__gt=last).select_related("dead_letter").order_by("pk")[:size])
+        if not batch:
+            return
+        yield batch
+        last = batch[-1].pk
