@@ -121,3 +121,8 @@ if os.environ.get("DJCELERY_OPS_IDEMPOTENCY_LEASE_MARGIN_SECONDS"):
 if os.environ.get("DJCELERY_OPS_TEST_DB_REUSE_MAX"):
     # Celery's Django fixup closes the connection around every task unless this is set.
     CELERY_DB_REUSE_MAX = int(os.environ["DJCELERY_OPS_TEST_DB_REUSE_MAX"])
+if os.environ.get("DJCELERY_OPS_DEAD_LETTER_REPLAY_RECOVER_AFTER"):
+    # Replay chaos tests: a killed command's claims are recovered by the very next run.
+    DJCELERY_OPS_DEAD_LETTER_REPLAY_RECOVER_AFTER = float(
+        os.environ["DJCELERY_OPS_DEAD_LETTER_REPLAY_RECOVER_AFTER"]
+    )

@@ -301,3 +301,11 @@ def bench_idempotent_noop(n: int) -> None:
 @shared_task(acks_late=True)
 def bench_plain_noop(n: int) -> None:
     return None
+
+
+# --- Replay chaos: one Effect row per execution, no idempotency key of its own -------------
+
+
+@ops_task(bind=True)
+def ops_replay_effect(self, key: str) -> None:
+    Effect.objects.create(key=key, task_id=self.request.id, worker_pid=os.getpid())
