@@ -121,3 +121,15 @@ if os.environ.get("DJCELERY_OPS_IDEMPOTENCY_LEASE_MARGIN_SECONDS"):
 if os.environ.get("DJCELERY_OPS_TEST_DB_REUSE_MAX"):
     # Celery's Django fixup closes the connection around every task unless this is set.
     CELERY_DB_REUSE_MAX = int(os.environ["DJCELERY_OPS_TEST_DB_REUSE_MAX"])
+
+# --- Dead-letter reliability tests -----------------------------------------------------------
+if os.environ.get("DJCELERY_OPS_TEST_RESULT_BACKEND"):
+    # "django-db" (django-celery-results, as in the example project): the trace stores the
+    # result in the database before on_failure runs.
+    CELERY_RESULT_BACKEND = os.environ["DJCELERY_OPS_TEST_RESULT_BACKEND"]
+if os.environ.get("DJCELERY_OPS_TEST_WORKER_CONSUMER"):
+    CELERY_WORKER_CONSUMER = os.environ["DJCELERY_OPS_TEST_WORKER_CONSUMER"]
+if os.environ.get("DJCELERY_OPS_IDEMPOTENCY_MAX_WAIT_SECONDS"):
+    DJCELERY_OPS_IDEMPOTENCY_MAX_WAIT_SECONDS = float(
+        os.environ["DJCELERY_OPS_IDEMPOTENCY_MAX_WAIT_SECONDS"]
+    )
