@@ -8,6 +8,7 @@ worker stopped (not acked: they would run again) plus dead letters counted twice
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import time
 
@@ -147,3 +148,50 @@ def test_waiting_for_a_busy_key__past_its_own_bound_is_dead_lettered_as_key_busy
     assert "djcelery_ops_key_wait_since" not in letter.options["headers"]  # a replay starts anew
     assert Effect.objects.filter(key="busy-long").count() == 1
     scenario.report(tasks=2, dead_letters=1, lost=0, doubled=0)
+
+
+# --- Item 4: garbage on the queue ------------------------------------------------------------
+
+OPS_CONSUMER = {"DJCELERY_OPS_TEST_WORKER_CONSUMER": "djcelery_ops.deadletter.consumer:OpsConsumer"}
+GARBAGE = {
+    "undecodable": (b"\xff\xfe{not json", "application/json"),
+    "wrong_shape": (b'{"a": 1}', "application/json"),
+}
+
+
+def publish_raw(queue: str, body: bytes, content_type: str, task_id: str) -> None:
+    """A message as a foreign or broken publisher sends it: kombu, no Celery protocol."""
+    headers = {"task": "tests.testapp.tasks.ops_add", "id": task_id, "tenant": "acme"}
+    with app.connection_for_write() as conn:
+        conn.Producer().publish(
+            body, exchange="", routing_key=queue, content_type=content_type,
+            content_encoding="utf-8", headers=headers, correlation_id=task_id,
+        )  # fmt: skip
+
+
+def test_garbage_on_the_queue__dead_lettered_and_the_worker_keeps_running(
+    start_worker, celery_queue, capsys
+):
+    scenario = Scenario(f"garbage_on_the_queue[{app.conf.broker_url.split(':')[0]}]", capsys)
+    worker = start_worker(env=OPS_CONSUMER, concurrency=1)
+    for name, (body, content_type) in GARBAGE.items():
+        publish_raw(celery_queue, body, content_type, f"garbage-{name}")
+    garbage = DeadLetter.objects.filter(task_id__startswith="garbage-")
+    wait_until(lambda: garbage.count() == len(GARBAGE), what="a dead letter per message")
+    letters = list(garbage)
+    for letter in letters:
+        body, content_type = GARBAGE[letter.task_id.removeprefix("garbage-")]
+        assert letter.reason == DeadLetter.Reason.MALFORMED_MESSAGE
+        assert base64.b64decode(letter.options["raw_body"]) == body
+        assert letter.options["message_headers"]["tenant"] == "acme"
+        assert letter.options["content_type"] == content_type
+        assert letter.task_name == "tests.testapp.tasks.ops_add"
+    after = tasks.ops_add.delay(2, 3)  # the worker still consumes
+    wait_until(lambda: f"[{after.id}] succeeded" in worker.log(), what="a healthy task after")
+    assert worker.process.poll() is None
+    worker.stop()
+    waiting = queue_depth(celery_queue)
+    scenario.report(
+        tasks=len(GARBAGE), dead_letters=len(letters), lost=len(GARBAGE) - len(letters),
+        doubled=waiting + sum(letter.occurrences - 1 for letter in letters),
+    )  # fmt: skip
