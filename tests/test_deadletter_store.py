@@ -208,3 +208,13 @@ def test_ingest__refused_file_is_quarantined_and_the_files_behind_it_are_ingeste
     stored = set(DeadLetter.objects.values_list("task_id", flat=True))
     assert stored == {"a-nul", "c-healthy-0", "c-healthy-1", "c-healthy-2"}
     assert DeadLetter.objects.get(task_id="a-nul").args == ["\\u0000"]
+
+
+def test_job_run_exception_message__is_capped_and_escaped_like_a_dead_letter(settings):
+    from djcelery_ops.runs.receivers import _event
+
+    settings.DJCELERY_OPS_DEAD_LETTER_MAX_MESSAGE_BYTES = 200
+    event = _event("t-1", "failed", 0, exception_message="\x00" + "x" * 50_000 + "END")
+    assert len(event["exception_message"].encode()) <= 200
+    assert event["exception_message"].startswith("\\u0000xxx")
+    assert event["exception_message"].endswith("xEND")
