@@ -63,11 +63,19 @@ POSITIVE = frozenset(
         "DEAD_LETTER_REPLAY_BATCH_SIZE",
         "DEAD_LETTER_PURGE_BATCH_SIZE",
         "DEAD_LETTER_CANARY_TIMEOUT",
+        "DEAD_LETTER_MAX_MESSAGE_BYTES",
+        "DEAD_LETTER_MAX_TRACEBACK_BYTES",
+        "IDEMPOTENCY_MAX_WAIT_SECONDS",
     }
 )
-# Zero means "none": no retry, no backoff, no margin.
+# Zero means "none": no retry, no backoff, no margin, no wait before recovering a replay.
 NON_NEGATIVE = frozenset(
-    {"TASK_MAX_RETRIES", "TASK_RETRY_BACKOFF", "IDEMPOTENCY_LEASE_MARGIN_SECONDS"}
+    {
+        "TASK_MAX_RETRIES",
+        "TASK_RETRY_BACKOFF",
+        "IDEMPOTENCY_LEASE_MARGIN_SECONDS",
+        "DEAD_LETTER_REPLAY_RECOVER_AFTER",
+    }
 )
 NON_EMPTY = frozenset({"RUNS_TENANT_HEADER", "BEAT_LEASE_NAME", "SCHEDULE_DEFAULT_TIMEZONE"})
 

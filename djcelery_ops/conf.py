@@ -40,6 +40,10 @@ class OpsSettings:
     # Dead letters.
     DEAD_LETTER_MAX_DELIVERIES: int = 5
     DEAD_LETTER_MAX_PAYLOAD_BYTES: int = 64 * 1024
+    # Exception messages (dead letters and job runs) and tracebacks keep their head and
+    # tail within these sizes; the middle is replaced by a marker saying how much was cut.
+    DEAD_LETTER_MAX_MESSAGE_BYTES: int = 16 * 1024
+    DEAD_LETTER_MAX_TRACEBACK_BYTES: int = 64 * 1024
     DEAD_LETTER_SPOOL_DIR: str | None = None
     DEAD_LETTER_CAPTURE_ALL_TASKS: bool = True
 
@@ -72,6 +76,9 @@ class OpsSettings:
     IDEMPOTENCY_DEFAULT_LEASE_SECONDS: float = 3600
     IDEMPOTENCY_RESULT_MAX_BYTES: int = 64 * 1024
     IDEMPOTENCY_KEY_TTL_SECONDS: float | None = None
+    # How long a task waits, in all, for a key another execution holds; then it is
+    # dead-lettered with reason ``idempotency_key_busy``. Waits do not spend max_retries.
+    IDEMPOTENCY_MAX_WAIT_SECONDS: float = 3600
 
     # Replay, discard and purge of dead letters.
     DEAD_LETTER_CELERY_APP: str | None = None

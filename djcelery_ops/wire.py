@@ -25,6 +25,9 @@ QUEUE_HEADER = "djcelery_ops_queue"
 REPLAY_HEADER = "djcelery_ops_replay_of"
 # On every periodic dispatch of the locked scheduler: "<schedule name>@<slot time, UTC ISO>".
 SCHEDULE_SLOT_HEADER = "djcelery_ops_schedule_slot"
+# On a task re-sent to wait for an idempotency key another execution holds: since when
+# (UTC ISO) it waits, so that the wait is bounded across re-sends.
+KEY_WAIT_SINCE_HEADER = "djcelery_ops_key_wait_since"
 # On a periodic task sent by the admin's "run now": who asked.
 RUN_NOW_HEADER = "djcelery_ops_run_now_by"
 # django-celery-beat's own header on periodic dispatches.
@@ -90,6 +93,7 @@ CELERY_REQUEST_KEYS = frozenset(
         STARTED_KEY,
         RETRIES_EXHAUSTED_KEY,
         RECEIVED_AT_KEY,
+        KEY_WAIT_SINCE_HEADER,  # a replay must not inherit an old wait
     )
 )
 

@@ -126,3 +126,15 @@ if os.environ.get("DJCELERY_OPS_DEAD_LETTER_REPLAY_RECOVER_AFTER"):
     DJCELERY_OPS_DEAD_LETTER_REPLAY_RECOVER_AFTER = float(
         os.environ["DJCELERY_OPS_DEAD_LETTER_REPLAY_RECOVER_AFTER"]
     )
+
+# --- Dead-letter reliability tests -----------------------------------------------------------
+if os.environ.get("DJCELERY_OPS_TEST_RESULT_BACKEND"):
+    # "django-db" (django-celery-results, as in the example project): the trace stores the
+    # result in the database before on_failure runs.
+    CELERY_RESULT_BACKEND = os.environ["DJCELERY_OPS_TEST_RESULT_BACKEND"]
+if os.environ.get("DJCELERY_OPS_TEST_WORKER_CONSUMER"):
+    CELERY_WORKER_CONSUMER = os.environ["DJCELERY_OPS_TEST_WORKER_CONSUMER"]
+if os.environ.get("DJCELERY_OPS_IDEMPOTENCY_MAX_WAIT_SECONDS"):
+    DJCELERY_OPS_IDEMPOTENCY_MAX_WAIT_SECONDS = float(
+        os.environ["DJCELERY_OPS_IDEMPOTENCY_MAX_WAIT_SECONDS"]
+    )

@@ -12,7 +12,7 @@ from django.utils import timezone
 from djcelery_ops.deadletter.capture import capture_failure
 from djcelery_ops.deadletter.record import FailureRecord
 from djcelery_ops.deadletter.spool import ingest_spool, spooled_files, write_to_spool
-from djcelery_ops.deadletter.store import fingerprint, normalise_message, top_frame
+from djcelery_ops.deadletter.store import fingerprint, normalise_message, store_record, top_frame
 from djcelery_ops.models import DeadLetter
 from djcelery_ops.wire import jsonable
 from tests.factories import dead_letter, failure_record
@@ -83,16 +83,20 @@ def test_spool__records_written_while_db_is_down_are_ingested_once(spool):
         write_to_spool(record)
     assert len(spooled_files()) == 3
     assert not list(spool.glob(".*.tmp"))
-    assert ingest_spool() == (3, 0)
+    report = ingest_spool()
+    assert (report.ingested, report.quarantined, report.left) == (3, [], 0)
     assert spooled_files() == []
     assert set(DeadLetter.objects.values_list("task_id", flat=True)) == {r.task_id for r in records}
 
 
-def test_spool__unreadable_file_is_left_in_place_and_reported(spool):
+def test_spool__unreadable_file_is_quarantined_with_its_reason(spool):
     write_to_spool(failure_record(task_id="good"))
     (spool / "0-broken.json").write_text("{not json")
-    assert ingest_spool() == (1, 1)
-    assert [p.name for p in spooled_files()] == ["0-broken.json"]
+    report = ingest_spool()
+    assert (report.ingested, len(report.quarantined), report.left) == (1, 1, 0)
+    assert spooled_files() == []
+    assert (spool / "quarantine" / "0-broken.json").read_text() == "{not json"
+    assert "unreadable: JSONDecodeError" in (spool / "quarantine" / "0-broken.reason").read_text()
 
 
 def test_capture__database_error_spools_the_record_instead_of_losing_it(spool):
@@ -124,3 +128,93 @@ def test_queryset__pending_for_task_since_and_grouped_counts():
     assert (charge["letters"], charge["failures"]) == (2, 3)
     assert charge["first_seen"] <= charge["last_seen"]
     assert len(groups) == 2
+
+
+# --- Data the database refuses (issue 12, items 2, 3 and 5) -----------------------------------
+
+UNSTORABLE = "nul \x00 and lone \ud800 surrogate"
+ESCAPED = "nul \\u0000 and lone \\ud800 surrogate"
+
+
+def test_store__nul_and_lone_surrogates_in_text_are_escaped_visibly():
+    letter = dead_letter(
+        task_id="nul-text",
+        exception_message=UNSTORABLE,
+        traceback=f"Traceback\nValueError: {UNSTORABLE}",
+        worker_hostname="w\x00",
+    )
+    letter.refresh_from_db()
+    assert letter.exception_message == ESCAPED
+    assert letter.traceback.endswith(ESCAPED)
+    assert letter.worker_hostname == "w\\u0000"
+
+
+def test_store__nul_in_args_and_keys_is_escaped_and_the_exact_call_kept_for_replay():
+    args, kwargs = ["a\x00b", {"k\x00": "\udcff"}], {"note": "x\x00"}
+    letter = dead_letter(task_id="nul-args", args=args, kwargs=kwargs)
+    letter.refresh_from_db()
+    assert letter.args == ["a\\u0000b", {"k\\u0000": "\\udcff"}]
+    assert letter.kwargs == {"note": "x\\u0000"}
+    assert json.loads(letter.options["original_payload_json"]) == [args, kwargs]
+    clean = dead_letter(task_id="clean-args", args=["plain"])
+    assert "original_payload_json" not in clean.options
+
+
+def test_record__message_and_traceback_over_their_caps_keep_head_and_tail(settings):
+    settings.DJCELERY_OPS_DEAD_LETTER_MAX_MESSAGE_BYTES = 1000
+    settings.DJCELERY_OPS_DEAD_LETTER_MAX_TRACEBACK_BYTES = 2000
+    message = "HEAD" + "é" * 50_000 + "TAIL"
+    record = failure_record(exception_message=message, traceback="T" * 5_000_000 + "ValueError")
+    assert len(record.exception_message.encode()) <= 1000
+    assert record.exception_message.startswith("HEADé")
+    assert record.exception_message.endswith("éTAIL")
+    assert "exception message cut by djcelery_ops: 100008 bytes in all" in record.exception_message
+    assert len(record.traceback.encode()) <= 2000
+    assert record.traceback.endswith("ValueError")
+    assert FailureRecord.from_json(record.to_json()) == record  # a spool file is bounded too
+    letter = store_record(record)
+    assert letter.exception_message == record.exception_message
+    short = failure_record(exception_message="short")
+    assert short.exception_message == "short"
+
+
+def test_capture__a_record_the_database_refuses_is_not_spooled_as_an_outage(spool):
+    # NaN is valid to Python's json but not to JSON columns: PostgreSQL raises DataError,
+    # SQLite's JSON_VALID check an IntegrityError. The database is fine; the data is not.
+    record = failure_record(task_id="nan-call", args=[float("nan")], kwargs={"x": 1})
+    assert capture_failure(record) is True
+    letter = DeadLetter.objects.get(task_id="nan-call")
+    assert letter.args[0]["__refused__"] is True
+    assert letter.options["original_payload_json"] == '[[NaN], {"x": 1}]'
+    assert letter.exception_message == record.exception_message
+    assert spooled_files() == []  # nothing blocks the spool
+    [kept] = (spool / "quarantine").glob("*.json")
+    assert json.loads(kept.read_text())["task_id"] == "nan-call"
+    assert "refused by the database" in kept.with_suffix(".reason").read_text()
+
+
+def test_ingest__refused_file_is_quarantined_and_the_files_behind_it_are_ingested(spool):
+    write_to_spool(failure_record(task_id="a-nul", args=["\x00"], exception_message="\x00"))
+    write_to_spool(failure_record(task_id="b-nan", args=[float("nan")]))
+    for n in range(3):
+        write_to_spool(failure_record(task_id=f"c-healthy-{n}"))
+    report = ingest_spool()
+    assert (report.ingested, len(report.quarantined), report.left) == (4, 1, 0)
+    [(path, reason)] = report.quarantined
+    assert path.parent == spool / "quarantine"
+    assert reason.startswith("refused by the database: ")
+    assert path.with_suffix(".reason").read_text().strip() == reason
+    assert spooled_files() == []
+    stored = set(DeadLetter.objects.values_list("task_id", flat=True))
+    assert stored == {"a-nul", "c-healthy-0", "c-healthy-1", "c-healthy-2"}
+    assert DeadLetter.objects.get(task_id="a-nul").args == ["\\u0000"]
+
+
+def test_job_run_exception_message__is_capped_and_escaped_like_a_dead_letter(settings):
+    from djcelery_ops.runs.receivers import _event
+
+    settings.DJCELERY_OPS_DEAD_LETTER_MAX_MESSAGE_BYTES = 200
+    event = _event("t-1", "failed", 0, exception_message="\x00" + "x" * 50_000 + "END")
+    assert len(event["exception_message"].encode()) <= 200
+    assert event["exception_message"].startswith("\\u0000xxx")
+    assert event["exception_message"].endswith("xEND")

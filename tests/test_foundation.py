@@ -104,8 +104,11 @@ def test_ingest_command__dry_run_counts_then_ingests(settings, tmp_path, db):
     (tmp_path / "0-bad.json").write_text(json.dumps({"no": "fields"}))
     out, err = io.StringIO(), io.StringIO()
     call_command("ingest_dead_letter_spool", stdout=out, stderr=err)
-    assert out.getvalue() == f"Ingested 1 spooled dead letters; 1 left in {tmp_path}.\n"
-    assert "could not be read" in err.getvalue()
+    quarantine = tmp_path / "quarantine"
+    assert out.getvalue() == (
+        f"Ingested 1 spooled dead letters, quarantined 1 in {quarantine}, 0 left in {tmp_path}.\n"
+    )
+    assert err.getvalue().startswith("Quarantined 0-bad.json: unreadable: TypeError(")
     assert DeadLetter.objects.get().task_id == "spooled-1"
 
 

@@ -3,17 +3,33 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 
-from django.db import DatabaseError, InterfaceError, close_old_connections, connection
+from django.db import (
+    DatabaseError,
+    DataError,
+    IntegrityError,
+    InterfaceError,
+    close_old_connections,
+    connection,
+)
 
 from djcelery_ops.deadletter.record import FailureRecord
-from djcelery_ops.deadletter.spool import has_spooled_records, ingest_spool, write_to_spool
-from djcelery_ops.deadletter.store import store_record
+from djcelery_ops.deadletter.spool import (
+    has_spooled_records,
+    ingest_spool,
+    quarantine,
+    write_to_spool,
+)
+from djcelery_ops.deadletter.store import ORIGINAL_PAYLOAD_KEY, store_record
 from djcelery_ops.logs import log_event
 from djcelery_ops.signals import dead_lettered
 
 logger = logging.getLogger("djcelery_ops.deadletter")
+# The database answered and refused the data: retrying or spooling as-is cannot help.
+_REFUSED = (DataError, IntegrityError)
 
 
 def capture_failure(record: FailureRecord) -> bool:
@@ -22,7 +38,13 @@ def capture_failure(record: FailureRecord) -> bool:
     Returns True when the record reached the database.
     """
     try:
-        _store_with_one_reconnect(record)
+        _store_refused_data_reduced(record)
+    except _REFUSED as error:
+        # The database answers but will not take this record: not an outage. Keep it out
+        # of the spool, where it would block the healthy records behind it.
+        quarantine(write_to_spool(record), f"refused by the database: {error!r}")
+        _announce(record, stored=False)
+        return False
     except (DatabaseError, InterfaceError) as error:
         _drop_broken_connection()
         path = write_to_spool(record)
@@ -45,6 +67,28 @@ def _announce(record: FailureRecord, *, stored: bool) -> None:
             logger.error("dead_lettered receiver %r failed: %r", receiver, error)
 
 
+def _store_refused_data_reduced(record: FailureRecord) -> None:
+    """Store the record; if the database refuses its call or options, store it without.
+
+    Text is made storable before it gets here; what is left to refuse is rare (NaN or
+    Infinity in the call, which JSON columns reject). The reduced row keeps the failure
+    visible, grouped and replayable (the exact call as JSON text in its options); the full
+    record goes to the quarantine directory for a person.
+    """
+    try:
+        _store_with_one_reconnect(record)
+    except _REFUSED as error:
+        logger.error("dead letter %s refused (%r): stored reduced", record.task_id, error)
+        reduced = dataclasses.replace(
+            record,
+            args=[{"__refused__": True, "error": repr(error)[:1000]}],
+            kwargs={},
+            options={ORIGINAL_PAYLOAD_KEY: json.dumps([record.args, record.kwargs])},
+        )
+        _store_with_one_reconnect(reduced)
+        quarantine(write_to_spool(record), f"stored reduced; refused by the database: {error!r}")
+
+
 def _store_with_one_reconnect(record: FailureRecord) -> None:
     """A connection can be stale (server restarted, inherited across a fork): retry once.
 
@@ -54,6 +98,8 @@ def _store_with_one_reconnect(record: FailureRecord) -> None:
         close_old_connections()
     try:
         store_record(record)
+    except _REFUSED:
+        raise  # the data, not the connection: a reconnect would not help
     except (DatabaseError, InterfaceError):
         if connection.in_atomic_block:
             raise
@@ -64,12 +110,19 @@ def _store_with_one_reconnect(record: FailureRecord) -> None:
 def drain_spool_quietly() -> None:
     """Ingest what an earlier outage left in the spool, now that the database answers."""
     try:
-        if has_spooled_records():
-            ingested, left = ingest_spool()
-            logger.info("ingested %d spooled dead letters, %d left", ingested, left)
-    except (DatabaseError, InterfaceError):
+        if not has_spooled_records():
+            return
+        report = ingest_spool()
+    except OSError as error:
+        logger.error("spool ingestion failed: %r", error)
+        return
+    logger.info(
+        "ingested %d spooled dead letters, %d quarantined, %d left",
+        report.ingested, len(report.quarantined), report.left,
+    )  # fmt: skip
+    if report.outage:
         _drop_broken_connection()
-        logger.warning("spool ingestion postponed: database unreachable")
+        logger.warning("spool ingestion postponed: database unreachable (%s)", report.outage)
 
 
 def _drop_broken_connection() -> None:

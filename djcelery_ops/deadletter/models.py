@@ -67,6 +67,8 @@ class DeadLetter(models.Model):
         REJECTED_MESSAGE = "rejected_message", _("rejected message")
         REJECTED_BY_TASK = "rejected_by_task", _("rejected by the task")
         TOO_MANY_DELIVERIES = "too_many_deliveries", _("too many deliveries")
+        IDEMPOTENCY_KEY_BUSY = "idempotency_key_busy", _("idempotency key busy too long")
+        MALFORMED_MESSAGE = "malformed_message", _("malformed message")
 
     task_id = models.CharField(_("task id"), max_length=255, unique=True)
     task_name = models.CharField(_("task name"), max_length=255)

@@ -15,6 +15,8 @@ from typing import Any
 
 from django.utils import timezone
 
+from djcelery_ops.conf import ops_settings
+from djcelery_ops.storable import bounded_message, capped_text, storable_text
 from djcelery_ops.wire import QUEUE_HEADER, custom_headers, describe_exception, jsonable, to_json
 
 
@@ -36,6 +38,14 @@ class FailureRecord:
     retries: int = 0
     worker_hostname: str = ""
     failed_at: str = dataclasses.field(default_factory=lambda: timezone.now().isoformat())
+
+    def __post_init__(self) -> None:
+        # Bounded and storable from the start, so a spool file is bounded too. Both steps
+        # are idempotent: a record read back from the spool comes out unchanged.
+        self.exception_message = bounded_message(self.exception_message)
+        self.traceback = capped_text(
+            storable_text(self.traceback), ops_settings.DEAD_LETTER_MAX_TRACEBACK_BYTES, "traceback"
+        )
 
     def to_json(self) -> str:
         return to_json(dataclasses.asdict(self))

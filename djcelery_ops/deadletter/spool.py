@@ -2,16 +2,20 @@
 
 Each record is one JSON file, written to a temporary name, fsynced and renamed, so a crash
 leaves either a whole record or none. Ingestion stores a record, then deletes its file: a
-crash in between stores it again, which only counts one more occurrence.
+crash in between stores it again, which only counts one more occurrence. A file the
+database refuses is quarantined, never retried in front of the healthy ones.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
 import uuid
 from pathlib import Path
+
+from django.db import DatabaseError, DataError, IntegrityError, InterfaceError
 
 from djcelery_ops.conf import ops_settings
 from djcelery_ops.deadletter.record import FailureRecord
@@ -47,19 +51,73 @@ def has_spooled_records() -> bool:
     return any(spool_dir().glob("*.json"))
 
 
-def ingest_spool(limit: int | None = None) -> tuple[int, int]:
-    """Store spooled records in the database; return (ingested, left)."""
+def quarantine_dir() -> Path:
+    """Where files the database refused wait for a person, each with a ``.reason`` file."""
+    path = spool_dir() / "quarantine"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclasses.dataclass
+class IngestReport:
+    ingested: int = 0
+    quarantined: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
+    left: int = 0
+    outage: str = ""  # why ingestion stopped early: the database went away
+
+
+def ingest_spool(limit: int | None = None) -> IngestReport:
+    """Store spooled records file by file.
+
+    A file the database refuses (``DataError``, ``IntegrityError``) or that cannot be read
+    moves to the quarantine directory with its reason, and the files behind it go on. Only
+    an outage stops the run; what is not done yet stays in the spool (``left``).
+    """
+    every = spooled_files()
+    files = every[:limit]
+    report = IngestReport(left=len(every) - len(files))
+    for index, path in enumerate(files):
+        try:
+            stored = _ingest_file(path)
+        except (DataError, IntegrityError) as error:
+            reason = f"refused by the database: {error!r}"
+            report.quarantined.append((quarantine(path, reason), reason))
+        except (DatabaseError, InterfaceError) as error:
+            report.outage, report.left = repr(error), len(every) - index
+            break
+        except _Unreadable as error:
+            reason = f"unreadable: {error.__cause__!r}"
+            report.quarantined.append((quarantine(path, reason), reason))
+        else:
+            report.ingested += stored
+    return report
+
+
+class _Unreadable(Exception):
+    pass
+
+
+def _ingest_file(path: Path) -> int:
+    """Store one file's record and delete the file; 0 when another process took it first."""
     from djcelery_ops.deadletter.store import store_record
 
-    files = spooled_files()
-    ingested = 0
-    for path in files[:limit]:
-        try:
-            record = FailureRecord.from_json(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, TypeError):
-            logger.exception("unreadable spool file %s left in place", path)
-            continue
-        store_record(record)
-        path.unlink(missing_ok=True)
-        ingested += 1
-    return ingested, len(files) - ingested
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return 0  # ingested concurrently by another worker
+    try:
+        record = FailureRecord.from_json(text)
+    except (OSError, ValueError, TypeError) as error:
+        raise _Unreadable from error
+    store_record(record)
+    path.unlink(missing_ok=True)
+    return 1
+
+
+def quarantine(path: Path, reason: str) -> Path:
+    """Move ``path`` out of the spool, next to a ``.reason`` file saying why."""
+    target = quarantine_dir() / path.name
+    target.with_suffix(".reason").write_text(reason + "\n", encoding="utf-8")
+    path.rename(target)
+    logger.error("spool file %s quarantined to %s: %s", path.name, target, reason)
+    return target

@@ -1,7 +1,13 @@
-"""Writing failure records as ``DeadLetter`` rows: grouping fingerprint, size cap, upsert."""
+"""Writing failure records as ``DeadLetter`` rows: grouping fingerprint, size cap, upsert.
+
+What a task raised or was called with may hold text the database refuses (NUL, lone
+surrogates): it is escaped visibly here, and the exact call is kept in
+``options["original_payload_json"]`` (JSON text, which escapes them) for a faithful replay.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -13,6 +19,7 @@ from django.db.models import F
 from djcelery_ops.conf import ops_settings
 from djcelery_ops.deadletter.models import DeadLetter
 from djcelery_ops.deadletter.record import FailureRecord
+from djcelery_ops.storable import storable_json, storable_text
 
 _VOLATILE = [
     (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I), "<uuid>"),
@@ -56,11 +63,29 @@ def capped_payload(args: Any, kwargs: Any) -> tuple[Any, Any, bool]:
     return [marker], {}, True
 
 
+ORIGINAL_PAYLOAD_KEY = "original_payload_json"
+_TEXT_FIELDS = (
+    "task_id", "task_name", "reason", "queue", "periodic_task_name", "root_id", "parent_id",
+    "exception_class", "exception_message", "traceback", "worker_hostname",
+)  # fmt: skip
+
+
+def storable_record(record: FailureRecord) -> tuple[FailureRecord, Any, Any, bool]:
+    """A copy of ``record`` the database accepts, with its capped args and kwargs."""
+    args, kwargs, truncated = capped_payload(record.args, record.kwargs)
+    (args, kwargs), escaped = storable_json([args, kwargs])
+    options, _ = storable_json(record.options)
+    if escaped and not truncated:
+        options[ORIGINAL_PAYLOAD_KEY] = json.dumps([record.args, record.kwargs])
+    texts: dict[str, Any] = {name: storable_text(getattr(record, name)) for name in _TEXT_FIELDS}
+    return dataclasses.replace(record, options=options, **texts), args, kwargs, truncated
+
+
 def store_record(record: FailureRecord) -> DeadLetter:
     """Insert the dead letter, or count one more occurrence of the same task id."""
     from djcelery_ops.deadletter.lineage import failed_replay
 
-    args, kwargs, truncated = capped_payload(record.args, record.kwargs)
+    record, args, kwargs, truncated = storable_record(record)
     failed_at = record.failed_at_datetime
     latest = {
         "reason": record.reason,
@@ -97,4 +122,4 @@ def store_record(record: FailureRecord) -> DeadLetter:
                     )
             except IntegrityError:
                 continue  # another process inserted it first: count ours as an occurrence
-    raise RuntimeError(f"could not store dead letter for task {record.task_id}")
+    raise IntegrityError(f"could not insert nor update the dead letter of {record.task_id}")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 from collections.abc import Callable
 from typing import Any
 
 from celery import current_task
+from celery.exceptions import Reject, Retry
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
@@ -15,7 +17,13 @@ from djcelery_ops.idempotency.claim import Claim, claim_lease, complete_lease, r
 from djcelery_ops.idempotency.keys import header_key, key_from_option
 from djcelery_ops.idempotency.models import IdempotencyKey
 from djcelery_ops.logs import log_event
-from djcelery_ops.wire import IDEMPOTENCY_KEY_HEADER, REPLAY_HEADER, request_header
+from djcelery_ops.wire import (
+    IDEMPOTENCY_KEY_HEADER,
+    KEY_WAIT_SINCE_HEADER,
+    REPLAY_HEADER,
+    custom_headers,
+    request_header,
+)
 
 logger = logging.getLogger("djcelery_ops.idempotency")
 
@@ -128,19 +136,56 @@ def _duplicate(task: Any, claim: Claim) -> Any:
 
 
 def _wait_for_holder(task: Any, existing: IdempotencyKey) -> Any:
-    """The key is held by a live lease: come back when it ends (a retry with countdown)."""
+    """The key is held by a live lease: come back when it ends, within a bound of its own.
+
+    Waiting is not failing: the task is re-sent with its retry count unchanged (Celery's
+    ``retry`` would spend ``max_retries``), and the time it has waited travels in a
+    header. Past ``DJCELERY_OPS_IDEMPOTENCY_MAX_WAIT_SECONDS`` it fails with
+    ``IdempotencyKeyBusy``, dead-lettered with reason ``idempotency_key_busy``.
+    """
     expires = existing.lease_expires_at
     remaining = (expires - timezone.now()).total_seconds() if expires else 1.0
     countdown = min(max(remaining + 0.5, 1.0), lease_seconds(task))
     busy = IdempotencyKeyBusy(existing.key, existing.owner_task_id, countdown)
-    log_event(
-        "idempotency.key_busy",
-        task_id=task.request.id,
-        task_name=task.name,
-        idempotency_key=existing.key,
-        held_by=existing.owner_task_id,
-        retry_in=round(countdown, 3),
-    )
     if task.request.is_eager:
         raise busy
-    raise task.retry(exc=busy, countdown=countdown, max_retries=None)
+    since = _waiting_since(task.request)
+    left = (
+        float(ops_settings.IDEMPOTENCY_MAX_WAIT_SECONDS) - (timezone.now() - since).total_seconds()
+    )
+    fields = {
+        "task_id": task.request.id,
+        "task_name": task.name,
+        "idempotency_key": existing.key,
+        "held_by": existing.owner_task_id,
+    }
+    if left <= 0:
+        log_event("idempotency.key_wait_exhausted", level=logging.ERROR, **fields)
+        raise busy
+    countdown = min(countdown, max(left, 0.1))
+    log_event("idempotency.key_busy", retry_in=round(countdown, 3), **fields)
+    raise _send_again(task, busy, countdown, since)
+
+
+def _waiting_since(request: Any) -> datetime.datetime:
+    text = request_header(request, KEY_WAIT_SINCE_HEADER)
+    try:
+        return datetime.datetime.fromisoformat(text) if text else timezone.now()
+    except ValueError:
+        return timezone.now()
+
+
+def _send_again(
+    task: Any, busy: IdempotencyKeyBusy, countdown: float, since: datetime.datetime
+) -> Retry:
+    """What ``Task.retry`` does (same task id, routing and workflow), minus the count."""
+    request = task.request
+    headers = {**custom_headers(vars(request)), KEY_WAIT_SINCE_HEADER: since.isoformat()}
+    signature = task.signature_from_request(
+        request, countdown=countdown, retries=request.retries, headers=headers
+    )
+    try:
+        signature.apply_async()
+    except Exception as error:
+        raise Reject(error, requeue=False) from error
+    return Retry(exc=busy, when=countdown, sig=signature)  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ from djcelery_ops.runs.merge import Event
 from djcelery_ops.runs.models import ATTEMPT_STRIDE, TaskRun
 from djcelery_ops.runs.recorder import recorder
 from djcelery_ops.signals import dead_lettered
+from djcelery_ops.storable import bounded_message
 from djcelery_ops.wire import (
     PERIODIC_TASK_NAME_HEADER,
     QUEUE_HEADER,
@@ -76,6 +77,8 @@ def _records(task: Any) -> bool:
 
 def _event(task_id: str, state: str, retries: int, **columns: Any) -> Event:
     rank = TaskRun.RANKS[State(state)]
+    if "exception_message" in columns:  # capped and storable like a dead letter's (NUL)
+        columns["exception_message"] = bounded_message(columns["exception_message"])
     return {
         "task_id": task_id,
         "state": state,

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from traceback import format_exception
 from typing import Any
 
 from celery import Task, shared_task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 from celery.utils.log import get_task_logger
 
 from djcelery_ops.conf import UNSET, ops_settings
@@ -155,6 +156,15 @@ class OpsTask(Task):  # type: ignore[type-arg]
         return values
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self._run_call(args, kwargs)
+        except (Retry, Reject, Ignore):
+            raise  # published again, decided in the main process, or not a failure
+        except Exception as exc:
+            self._capture_final_failure(exc, args, kwargs)
+            raise
+
+    def _run_call(self, args: Any, kwargs: Any) -> Any:
         plain = self.unique_for is None and self.idempotency_key is None
         request = self.request
         if plain and not header_key(request) and not request_header(request, REPLAY_HEADER):
@@ -207,6 +217,25 @@ class OpsTask(Task):  # type: ignore[type-arg]
         fields = self._log_fields(task_id, exception_class=type(exc).__name__)
         log_event("task.retry", level=logging.WARNING, **fields)
 
+    def _capture_final_failure(self, exc: BaseException, args: Any, kwargs: Any) -> None:
+        """Keep the failure before Celery's trace handles it (issue 12, item 1).
+
+        The trace stores the result (``backend.mark_as_failure``) before it calls
+        ``on_failure``: with a database result backend and the database down, that raises
+        and ``on_failure`` never runs, and the message is acked all the same. Capturing
+        here, in the child and before the trace returns, makes the record durable (a row
+        or a fsynced spool file) before the message can be acknowledged.
+        """
+        request = self.request
+        if request.called_directly or request.is_eager:
+            return  # no message to lose: eager failures go through on_failure as before
+        task_id = str(request.id or "")
+        fields = self._log_fields(task_id, exception_class=type(exc).__name__)
+        log_event("task.failed", level=logging.ERROR, **fields)
+        text = "".join(format_exception(type(exc), exc, exc.__traceback__))
+        self._capture(exc, task_id, args, kwargs, text)
+        request.djcelery_ops_captured = True  # type: ignore[attr-defined]
+
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
@@ -214,17 +243,24 @@ class OpsTask(Task):  # type: ignore[type-arg]
             # Celery calls this from the worker's main process for a hard time limit, with
             # an empty request; OpsRequest records that failure with the full request.
             return
+        if getattr(self.request, "djcelery_ops_captured", False):
+            return  # kept by __call__ already
+        fields = self._log_fields(task_id, exception_class=type(exc).__name__)
+        log_event("task.failed", level=logging.ERROR, **fields)
+        self._capture(exc, task_id, args, kwargs, getattr(einfo, "traceback", "") or "")
+
+    def _capture(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, traceback: str
+    ) -> None:
         from djcelery_ops.deadletter.capture import capture_failure
         from djcelery_ops.deadletter.record import record_from_request
 
-        fields = self._log_fields(task_id, exception_class=type(exc).__name__)
-        log_event("task.failed", level=logging.ERROR, **fields)
         record = record_from_request(
-            vars(self.request),
+            {**vars(self.request), "id": task_id},
             task_name=self.name,
             reason=self.failure_reason(exc),
             exc=exc,
-            traceback=getattr(einfo, "traceback", "") or "",
+            traceback=traceback,
             args=args,
             kwargs=kwargs,
         )
@@ -233,7 +269,10 @@ class OpsTask(Task):  # type: ignore[type-arg]
     def failure_reason(self, exc: BaseException) -> str:
         """Why this failure is final, as a ``DeadLetter.Reason`` value."""
         from djcelery_ops.deadletter.models import DeadLetter
+        from djcelery_ops.idempotency.execution import IdempotencyKeyBusy
 
+        if isinstance(exc, IdempotencyKeyBusy):
+            return DeadLetter.Reason.IDEMPOTENCY_KEY_BUSY
         if getattr(self.request, "djcelery_ops_retries_exhausted", False):
             return DeadLetter.Reason.RETRIES_EXHAUSTED
         if isinstance(exc, self.dead_letter_for):

@@ -43,10 +43,14 @@ def requeues_on_timeout(task: Any) -> bool:
 class OpsRequest(Request):
     _djcelery_ops_recorded = False
 
+    # Every record below is made BEFORE Celery's handler runs: that handler acknowledges
+    # the message and stores the result, and the result backend may be the database that
+    # is down (it raises, after or instead of the ack). The record must be durable first.
+
     def on_timeout(self, soft: bool, timeout: float) -> None:
-        super().on_timeout(soft, timeout)
         if not soft and not requeues_on_timeout(self.task):
             self._record("hard_time_limit", None, f"Hard time limit ({timeout}s) exceeded")
+        super().on_timeout(soft, timeout)
 
     def on_failure(
         self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
@@ -61,12 +65,11 @@ class OpsRequest(Request):
         requeues = lost and self.task.acks_late and self.task.reject_on_worker_lost
         if requeues and self._poisoned():
             return self._dead_letter_poison(exc_info)
-        result = super().on_failure(exc_info, send_failed_event, return_ok)
         if lost and not requeues:
             self._record("worker_lost", exc, exc_info.traceback)
         elif isinstance(exc, Reject) and not exc.requeue:  # type: ignore[attr-defined]
             self._record("rejected_by_task", exc, exc_info.traceback)
-        return result
+        return super().on_failure(exc_info, send_failed_event, return_ok)
 
     def _poisoned(self) -> bool:
         """Count this delivery; True once the message killed its child too many times."""

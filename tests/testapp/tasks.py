@@ -309,3 +309,18 @@ def bench_plain_noop(n: int) -> None:
 @ops_task(bind=True)
 def ops_replay_effect(self, key: str) -> None:
     Effect.objects.create(key=key, task_id=self.request.id, worker_pid=os.getpid())
+
+
+@ops_task(
+    bind=True,
+    idempotency_key="hold:{key}",
+    idempotency_mode="lease",
+    soft_time_limit=None,
+    time_limit=10,
+    max_retries=0,
+)
+def idem_lease_hold(self, key: str, hold: float) -> str:
+    """Holds its key's lease for ``hold`` seconds; no retry budget (waits must not spend it)."""
+    Effect.objects.create(key=key, task_id=self.request.id, worker_pid=os.getpid())
+    time.sleep(hold)
+    return key

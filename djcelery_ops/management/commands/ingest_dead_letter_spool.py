@@ -5,7 +5,9 @@ from __future__ import annotations
 from argparse import ArgumentParser
 from typing import Any
 
-from djcelery_ops.deadletter.spool import ingest_spool, spool_dir, spooled_files
+from django.core.management.base import CommandError
+
+from djcelery_ops.deadletter.spool import ingest_spool, quarantine_dir, spool_dir, spooled_files
 from djcelery_ops.management.base import OpsCommand
 
 
@@ -21,7 +23,15 @@ class Command(OpsCommand):
             count = len(spooled_files())
             self.stdout.write(f"Would ingest {count} spooled dead letters from {directory}.")
             return
-        ingested, left = ingest_spool()
-        self.stdout.write(f"Ingested {ingested} spooled dead letters; {left} left in {directory}.")
-        if left:
-            self.stderr.write("Files left in the spool could not be read; see the log.")
+        report = ingest_spool()
+        for path, reason in report.quarantined:
+            self.stderr.write(f"Quarantined {path.name}: {reason}")
+        self.stdout.write(
+            f"Ingested {report.ingested} spooled dead letters, quarantined "
+            f"{len(report.quarantined)} in {quarantine_dir()}, {report.left} left in {directory}."
+        )
+        if report.left:
+            raise CommandError(
+                f"{report.left} spooled dead letters left: the database went away "
+                f"({report.outage}). Run the command again when it answers."
+            )

@@ -14,7 +14,7 @@ def mark_earlier_replays_published(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('djcelery_ops', '0002_taskrun_lean_indexes'),
+        ('djcelery_ops', '0003_dead_letter_reasons_key_busy_and_malformed_message'),
     ]
 
     operations = [
