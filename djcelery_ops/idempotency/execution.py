@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from djcelery_ops.conf import ops_settings
 from djcelery_ops.idempotency.claim import Claim, claim_lease, complete_lease, release, run_atomic
-from djcelery_ops.idempotency.keys import header_key, key_from_option
+from djcelery_ops.idempotency.keys import header_key, key_from_option, slot_key
 from djcelery_ops.idempotency.models import IdempotencyKey
 from djcelery_ops.logs import log_event
 from djcelery_ops.wire import IDEMPOTENCY_KEY_HEADER
@@ -59,10 +59,15 @@ def run_idempotently(task: Any, args: Any, kwargs: Any, call: Callable[[], Any])
     if request.called_directly:
         return call()  # a plain function call, not a delivery
     key = key_for_request(task, args, kwargs)
+    mode = task.idempotency_mode
+    if key is None:
+        # A beat dispatch of a task without a key: claim its slot, so a slot published
+        # twice (failover, a late publish by an old leader) runs once. Lease mode: the
+        # body keeps its own transactions, and a failure frees the slot for its retry.
+        key, mode = slot_key(request), IdempotencyKey.Mode.LEASE
     if key is None:
         return call()
     setattr(request, IDEMPOTENCY_KEY_HEADER, key)  # noqa: B010 - the body reads it downstream
-    mode = task.idempotency_mode
     owner = str(request.id or "")
     if mode == IdempotencyKey.Mode.ATOMIC:
         claim, result = run_atomic(key, task_name=task.name, owner_task_id=owner, body=call)

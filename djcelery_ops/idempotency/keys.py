@@ -32,7 +32,12 @@ def per_schedule_slot(*args: Any, **kwargs: Any) -> str | None:
     """
     from celery import current_task
 
-    return request_header(current_task.request, SCHEDULE_SLOT_HEADER) if current_task else None
+    return slot_key(current_task.request) if current_task else None
+
+
+def slot_key(request: Any) -> str | None:
+    """The schedule slot beat stamped on the message (``"<name>@<slot>"``), if any."""
+    return request_header(request, SCHEDULE_SLOT_HEADER)
 
 
 def header_key(request: Any) -> str | None:

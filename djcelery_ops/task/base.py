@@ -13,7 +13,7 @@ from celery.utils.log import get_task_logger
 
 from djcelery_ops.conf import UNSET, ops_settings
 from djcelery_ops.exceptions import PermanentError, TransientError
-from djcelery_ops.idempotency.keys import header_key
+from djcelery_ops.idempotency.keys import header_key, slot_key
 from djcelery_ops.logs import log_event
 
 task_logger = get_task_logger(__name__)
@@ -155,7 +155,7 @@ class OpsTask(Task):  # type: ignore[type-arg]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         plain = self.unique_for is None and self.idempotency_key is None
-        if plain and not header_key(self.request):
+        if plain and not header_key(self.request) and not slot_key(self.request):
             return super().__call__(*args, **kwargs)
         from djcelery_ops.idempotency.execution import run_idempotently
 

@@ -301,3 +301,39 @@ def bench_idempotent_noop(n: int) -> None:
 @shared_task(acks_late=True)
 def bench_plain_noop(n: int) -> None:
     return None
+
+
+# --- Periodic jobs without a key: the slot claim alone makes each slot run once -------------
+
+
+def _record_slot(request, label: str) -> int:
+    run = ScheduleSlotRun.objects.create(
+        slot_key=request_header(request, SCHEDULE_SLOT_HEADER) or "",
+        periodic_task_name=request.get("periodic_task_name") or "",
+        label=label,
+        task_id=request.id or "",
+    )
+    return run.pk
+
+
+@ops_task(bind=True)
+def record_slot_unkeyed(self, label: str = "") -> int:
+    """An OpsTask that did not opt into ``per_schedule_slot``: one row per execution."""
+    return _record_slot(self.request, label)
+
+
+@ops_task(bind=True, max_retries=3, retry_backoff=1, retry_backoff_max=1)
+def record_slot_fail_first(self, marker_dir: str) -> int:
+    """Fails its first attempt after writing its row; the retry must still run."""
+    pk = _record_slot(self.request, f"attempt-{self.request.retries}")
+    marker = Path(marker_dir) / "failed-once"
+    if not marker.exists():
+        marker.touch()
+        raise TransientError("first attempt fails")
+    return pk
+
+
+@shared_task(bind=True)
+def record_slot_plain_celery(self, label: str = "") -> int:
+    """A plain Celery task: no slot claim, but the slot's task id shows a duplicate."""
+    return _record_slot(self.request, label)
