@@ -337,3 +337,33 @@ def record_slot_fail_first(self, marker_dir: str) -> int:
 def record_slot_plain_celery(self, label: str = "") -> int:
     """A plain Celery task: no slot claim, but the slot's task id shows a duplicate."""
     return _record_slot(self.request, label)
+
+
+# --- Enqueue locks that must end with a message that never runs ------------------------------
+
+
+@ops_task(bind=True)
+def hold_until(self, key: str, go_file: str) -> str:
+    """Occupies a pool process (an Effect row says it started) until the test says go."""
+    Effect.objects.create(key=key, task_id=self.request.id)
+    deadline = time.monotonic() + 60
+    while not Path(go_file).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return key
+
+
+@ops_task(unique_for=60)
+def unique_dies_before_start(report: str) -> str:
+    Effect.objects.create(key=report)  # never reached: the child dies in task_prerun
+    return report
+
+
+from celery.signals import task_prerun  # noqa: E402 - this section is appended
+
+
+@task_prerun.connect(dispatch_uid="tests.die_before_start")
+def _die_before_the_body(sender=None, **kwargs) -> None:
+    """A child lost between delivery and the body (an OOM kill in a prerun hook)."""
+    if getattr(sender, "name", "") == "tests.testapp.tasks.unique_dies_before_start":
+        time.sleep(0.2)  # see _kill_on_first_delivery: the parent must have accepted the job
+        os.kill(os.getpid(), signal.SIGKILL)
