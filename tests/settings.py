@@ -121,3 +121,7 @@ if os.environ.get("DJCELERY_OPS_IDEMPOTENCY_LEASE_MARGIN_SECONDS"):
 if os.environ.get("DJCELERY_OPS_TEST_DB_REUSE_MAX"):
     # Celery's Django fixup closes the connection around every task unless this is set.
     CELERY_DB_REUSE_MAX = int(os.environ["DJCELERY_OPS_TEST_DB_REUSE_MAX"])
+
+# --- Beat reliability tests: a short leader lease for beat subprocesses ---------------------
+if os.environ.get("DJCELERY_OPS_TEST_BEAT_LEASE_SECONDS"):
+    DJCELERY_OPS_BEAT_LEASE_SECONDS = float(os.environ["DJCELERY_OPS_TEST_BEAT_LEASE_SECONDS"])

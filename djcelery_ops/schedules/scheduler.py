@@ -253,7 +253,6 @@ class LockedDatabaseScheduler(DatabaseScheduler):  # type: ignore[misc]
             self._step_down("the lease could not be proven before a publish")
             return
         guarded = DeadlineProducer(producer or self.producer, self._lease_valid_until)
-        logger.info("Scheduler: Sending due task %s (%s)", entry.name, entry.task)
         try:
             self.apply_async(entry, producer=guarded, advance=False)
         except Exception:
@@ -269,6 +268,9 @@ class LockedDatabaseScheduler(DatabaseScheduler):  # type: ignore[misc]
     ) -> Any:
         slot = self._slots.pop(entry.name, None) or schedule_slot(entry)
         key = slot_key_of(entry.name, slot)
+        logger.info(
+            "beat: sending %s (%s), slot %s (term %s)", entry.name, entry.task, key, self.term
+        )
         headers = {**entry.options.get("headers", {}), SCHEDULE_SLOT_HEADER: key}
         entry.options = {**entry.options, "headers": headers, "task_id": slot_task_id(key)}
         return super().apply_async(entry, producer=producer, advance=advance, **kwargs)
