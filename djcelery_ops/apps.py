@@ -15,9 +15,11 @@ class DjceleryOpsConfig(AppConfig):
 
         from djcelery_ops import checks  # noqa: F401
         from djcelery_ops.deadletter import receivers as deadletter_receivers
+        from djcelery_ops.idempotency import receivers as idempotency_receivers
         from djcelery_ops.runs import receivers as runs_receivers
         from djcelery_ops.wire import stamp_queue_header
 
         signals.before_task_publish.connect(stamp_queue_header, dispatch_uid="djops.queue_header")
         deadletter_receivers.connect()
+        idempotency_receivers.connect()
         runs_receivers.connect()

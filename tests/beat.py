@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import sys
+import threading
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,6 +15,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import connection
 
+from tests.proxy import TcpProxy
 from tests.worker import CeleryProcess
 
 SCHEDULER = "djcelery_ops.LockedDatabaseScheduler"  # the public path users put in settings
@@ -45,8 +49,41 @@ class BeatProcess(CeleryProcess):
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def pause(self) -> None:
+        """SIGSTOP: the process freezes wherever it is, holding what it holds."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, the lease is left to expire."""
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
+
+
+class StallingProxy(TcpProxy):
+    """A ``TcpProxy`` that can also stall: bytes are held, connections stay open, so a
+    client waits for an answer that does not come (a broker that hangs), until resumed."""
+
+    def __init__(self, target_host: str, target_port: int, listen_port: int = 0) -> None:
+        super().__init__(target_host, target_port, listen_port)
+        self._flowing = threading.Event()
+        self._flowing.set()
+
+    def stall(self) -> None:
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                self._flowing.wait()
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_RDWR)

@@ -138,3 +138,7 @@ if os.environ.get("DJCELERY_OPS_IDEMPOTENCY_MAX_WAIT_SECONDS"):
     DJCELERY_OPS_IDEMPOTENCY_MAX_WAIT_SECONDS = float(
         os.environ["DJCELERY_OPS_IDEMPOTENCY_MAX_WAIT_SECONDS"]
     )
+
+# --- Beat reliability tests: a short leader lease for beat subprocesses ---------------------
+if os.environ.get("DJCELERY_OPS_TEST_BEAT_LEASE_SECONDS"):
+    DJCELERY_OPS_BEAT_LEASE_SECONDS = float(os.environ["DJCELERY_OPS_TEST_BEAT_LEASE_SECONDS"])

@@ -322,3 +322,33 @@ def test_per_schedule_slot__a_slot_dispatched_twice_runs_once_and_other_calls_ru
     record_schedule_slot.apply().get()
     record_schedule_slot.apply().get()
     assert ScheduleSlotRun.objects.filter(slot_key="").count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_slot_claim__an_ops_task_without_a_key_runs_each_slot_once(tmp_path):
+    from tests.testapp.models import ScheduleSlotRun
+    from tests.testapp.tasks import record_slot_unkeyed
+
+    slot = {"djcelery_ops_schedule_slot": "hourly@2026-11-23T02:00:00+00:00"}
+    first = record_slot_unkeyed.apply(headers=slot).get()
+    again = record_slot_unkeyed.apply(headers=slot).get()
+    assert first == again  # the duplicate returns the stored result
+    assert ScheduleSlotRun.objects.filter(slot_key=slot["djcelery_ops_schedule_slot"]).count() == 1
+    row = IdempotencyKey.objects.get(key=slot["djcelery_ops_schedule_slot"])
+    assert (row.mode, row.state) == (IdempotencyKey.Mode.LEASE, State.DONE)
+    record_slot_unkeyed.apply().get()
+    record_slot_unkeyed.apply().get()
+    assert ScheduleSlotRun.objects.filter(slot_key="").count() == 2  # not a beat dispatch
+
+
+@pytest.mark.django_db(transaction=True)
+def test_slot_claim__a_failed_run_frees_the_slot_for_its_retry(tmp_path):
+    from tests.testapp.models import ScheduleSlotRun
+    from tests.testapp.tasks import record_slot_fail_first
+
+    slot = {"djcelery_ops_schedule_slot": "hourly@2026-11-23T03:00:00+00:00"}
+    # apply() runs the retry at once, with the same headers: it claims the freed slot.
+    record_slot_fail_first.apply((str(tmp_path),), headers=slot).get()
+    runs = ScheduleSlotRun.objects.filter(slot_key=slot["djcelery_ops_schedule_slot"])
+    assert sorted(runs.values_list("label", flat=True)) == ["attempt-0", "attempt-1"]
+    assert IdempotencyKey.objects.get(key=slot["djcelery_ops_schedule_slot"]).state == State.DONE

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -12,7 +13,13 @@ from django_celery_beat.models import CrontabSchedule, IntervalSchedule, Periodi
 from django_celery_beat.schedulers import ModelEntry
 
 from djcelery_ops.schedules import leader
-from djcelery_ops.schedules.scheduler import LockedDatabaseScheduler, schedule_slot_key
+from djcelery_ops.schedules.scheduler import (
+    SLOT_TASK_ID_NAMESPACE,
+    LockedDatabaseScheduler,
+    schedule_slot,
+    schedule_slot_key,
+    slot_task_id,
+)
 from tests.beat import BeatProcess
 from tests.celery_app import app as celery_app
 from tests.testapp.models import ScheduleSlotRun
@@ -79,10 +86,19 @@ def test_slot_key__interval_slot_is_last_run_plus_interval():
     interval = IntervalSchedule.objects.create(every=10, period=IntervalSchedule.SECONDS)
     last = datetime(2026, 1, 2, 3, 4, 5, 600_000, tzinfo=UTC)
     task = PeriodicTask.objects.create(name="tick", task="x", interval=interval, last_run_at=last)
-    assert (
-        schedule_slot_key(ModelEntry(task, app=celery_app))
-        == "tick@2026-01-02T03:04:15.600000+00:00"
-    )
+    entry = ModelEntry(task, app=celery_app)
+    due = last + timedelta(seconds=12)
+    assert schedule_slot_key(entry, now=due) == "tick@2026-01-02T03:04:15.600000+00:00"
+
+
+@pytest.mark.django_db
+def test_slot_key__missed_interval_runs_fold_into_the_latest_slot_on_the_same_grid():
+    interval = IntervalSchedule.objects.create(every=10, period=IntervalSchedule.SECONDS)
+    last = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    task = PeriodicTask.objects.create(name="tick", task="x", interval=interval, last_run_at=last)
+    entry = ModelEntry(task, app=celery_app)
+    # Beat was down for 47 s: one run, for the slot at +40 s, whoever computes it.
+    assert schedule_slot(entry, now=last + timedelta(seconds=47)) == last + timedelta(seconds=40)
 
 
 @pytest.mark.django_db
@@ -91,8 +107,96 @@ def test_slot_key__crontab_slot_is_the_crontab_time_in_utc():
     last = datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
     task = PeriodicTask.objects.create(name="nightly", task="x", crontab=cron, last_run_at=last)
     # 02:30 in Berlin on 3 January (winter, UTC+1) is 01:30 UTC.
-    key = schedule_slot_key(ModelEntry(task, app=celery_app))
+    key = schedule_slot_key(ModelEntry(task, app=celery_app), now=last + timedelta(hours=14))
     assert key == "nightly@2026-01-03T01:30:00+00:00"
+    # Three nights missed: the run stands for the latest night.
+    late = schedule_slot_key(ModelEntry(task, app=celery_app), now=last + timedelta(days=3))
+    assert late == "nightly@2026-01-05T01:30:00+00:00"
+
+
+def test_slot_task_id__is_the_same_in_every_process_and_differs_per_slot():
+    key = "nightly@2026-01-03T01:30:00+00:00"
+    assert slot_task_id(key) == slot_task_id(key)
+    assert slot_task_id(key) == str(uuid.uuid5(SLOT_TASK_ID_NAMESPACE, key))
+    assert slot_task_id(key) != slot_task_id("nightly@2026-01-04T01:30:00+00:00")
+
+
+@pytest.mark.django_db
+def test_lease__takeover_starts_a_new_term_and_renewal_keeps_it():
+    first = leader.try_acquire("t", "a:1:x", 0.3)
+    assert first == 1
+    assert leader.try_acquire("t", "a:1:x", 0.3) == first
+    second = wait_until(lambda: leader.try_acquire("t", "b:2:y", 30), timeout=10, what="expiry")
+    assert second == first + 1
+    assert leader.release("t", "b:2:y")
+    assert leader.try_acquire("t", "b:2:y", 30) == second + 1  # a release ends the term
+
+
+def _every_second_task(name: str = "every-second") -> PeriodicTask:
+    every = IntervalSchedule.objects.create(every=1, period=IntervalSchedule.SECONDS)
+    last = datetime.now(UTC) - timedelta(seconds=5)
+    return PeriodicTask.objects.create(
+        name=name, task="tests.testapp.tasks.ops_add", interval=every, last_run_at=last
+    )
+
+
+def _reserved_entry(scheduler: LockedDatabaseScheduler, name: str):
+    entry = scheduler.schedule[name]
+    return entry, scheduler.reserve(entry)
+
+
+@pytest.mark.django_db(transaction=True)  # beat's sync closes old connections
+def test_save_run__an_old_leader_cannot_write_over_its_successors_run(settings):
+    settings.DJCELERY_OPS_BEAT_LEASE_SECONDS = 0.3
+    task = _every_second_task()
+    old = LockedDatabaseScheduler(app=celery_app, lazy=True)
+    assert old.hold_lease()
+    entry, _next = _reserved_entry(old, task.name)
+    old_run = entry.model.last_run_at
+
+    new = LockedDatabaseScheduler(app=celery_app, lazy=True)
+    settings.DJCELERY_OPS_BEAT_LEASE_SECONDS = 30
+    wait_until(new.hold_lease, timeout=10, what="the successor to take over")
+    assert new.term == old.term + 1
+    new_entry, _ = _reserved_entry(new, task.name)
+    new._save_run(new_entry)
+    task.refresh_from_db()
+    assert task.last_run_at == new_entry.model.last_run_at
+
+    old._save_run(entry)  # the old leader wakes up with its run: not written, it stops
+    task.refresh_from_db()
+    assert task.last_run_at == new_entry.model.last_run_at
+    assert old_run == entry.model.last_run_at
+    assert not old.is_leader
+    assert new.is_leader
+
+
+@pytest.mark.django_db(transaction=True)
+def test_save_run__last_run_at_never_moves_backwards():
+    task = _every_second_task()
+    scheduler = LockedDatabaseScheduler(app=celery_app, lazy=True)
+    assert scheduler.hold_lease()
+    entry, _ = _reserved_entry(scheduler, task.name)
+    later = entry.model.last_run_at + timedelta(hours=1)
+    PeriodicTask.objects.filter(pk=task.pk).update(last_run_at=later)
+    scheduler._save_run(entry)
+    task.refresh_from_db()
+    assert task.last_run_at == later
+    assert not scheduler.is_leader  # it reloads before it dispatches again
+
+
+@pytest.mark.django_db(transaction=True)
+def test_save_run__a_run_saved_is_the_slot_so_the_next_slot_follows_on_the_grid():
+    task = _every_second_task()
+    scheduler = LockedDatabaseScheduler(app=celery_app, lazy=True)
+    assert scheduler.hold_lease()
+    entry = scheduler.schedule[task.name]
+    slot = schedule_slot(entry)
+    scheduler.reserve(entry)
+    scheduler._save_run(entry)
+    task.refresh_from_db()
+    assert task.last_run_at == slot
+    assert scheduler.is_leader
 
 
 def _holder() -> str:

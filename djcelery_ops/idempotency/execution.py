@@ -14,13 +14,12 @@ from django.utils import timezone
 
 from djcelery_ops.conf import ops_settings
 from djcelery_ops.idempotency.claim import Claim, claim_lease, complete_lease, release, run_atomic
-from djcelery_ops.idempotency.keys import header_key, key_from_option
+from djcelery_ops.idempotency.keys import delivery_key, header_key, key_from_option
 from djcelery_ops.idempotency.models import IdempotencyKey
 from djcelery_ops.logs import log_event
 from djcelery_ops.wire import (
     IDEMPOTENCY_KEY_HEADER,
     KEY_WAIT_SINCE_HEADER,
-    REPLAY_HEADER,
     custom_headers,
     request_header,
 )
@@ -50,24 +49,13 @@ def key_for_request(task: Any, args: Any, kwargs: Any) -> str | None:
     return header_key(task.request) or key_from_option(task, args, kwargs)
 
 
-def replay_key(request: Any) -> str | None:
-    """A replayed delivery is keyed by its task id when it has no key of its own.
-
-    The replay outbox publishes a replay again, with the same task id, when the broker did
-    not confirm it (``deadletter.outbox``); keyed so, the copy that did arrive and the one
-    published again run once between them. Lease mode: the body runs outside any
-    transaction, a failure frees the key for the task's own retries.
-    """
-    if request.id and request_header(request, REPLAY_HEADER):
-        return f"replay:{request.id}"
-    return None
-
-
 def key_and_mode(task: Any, args: Any, kwargs: Any) -> tuple[str | None, str]:
     key = key_for_request(task, args, kwargs)
     if key is not None:
         return key, task.idempotency_mode
-    return replay_key(task.request), IdempotencyKey.Mode.LEASE
+    # A delivery without a key of its own that must still run once: lease mode, so the
+    # body keeps its own transactions and a failure frees the key for the task's retries.
+    return delivery_key(task.request), IdempotencyKey.Mode.LEASE
 
 
 def lease_seconds(task: Any) -> float:

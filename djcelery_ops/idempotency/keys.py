@@ -10,6 +10,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from djcelery_ops.wire import (
     IDEMPOTENCY_KEY_HEADER,
+    REPLAY_HEADER,
     SCHEDULE_SLOT_HEADER,
     call_digest,
     request_header,
@@ -32,7 +33,30 @@ def per_schedule_slot(*args: Any, **kwargs: Any) -> str | None:
     """
     from celery import current_task
 
-    return request_header(current_task.request, SCHEDULE_SLOT_HEADER) if current_task else None
+    return slot_key(current_task.request) if current_task else None
+
+
+def slot_key(request: Any) -> str | None:
+    """The schedule slot beat stamped on the message (``"<name>@<slot>"``), if any."""
+    return request_header(request, SCHEDULE_SLOT_HEADER)
+
+
+def replay_key(request: Any) -> str | None:
+    """A replayed delivery is keyed by its task id.
+
+    The replay outbox publishes a replay again, with the same task id, when the broker did
+    not confirm it (``deadletter.outbox``); keyed so, the copy that did arrive and the one
+    published again run once between them.
+    """
+    if request.id and request_header(request, REPLAY_HEADER):
+        return f"replay:{request.id}"
+    return None
+
+
+def delivery_key(request: Any) -> str | None:
+    """The key of a delivery that has none of its own: a replay runs once per task id, a
+    beat dispatch once per schedule slot (a slot published twice in a failover)."""
+    return replay_key(request) or slot_key(request)
 
 
 def header_key(request: Any) -> str | None:

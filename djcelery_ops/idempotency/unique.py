@@ -4,8 +4,10 @@ A second ``apply_async`` of the same key while the first message is still pendin
 yet started) is not published: it is logged and ``apply_async`` returns a
 ``PendingDuplicate`` (an ``AsyncResult`` of the pending task). The lock is an
 ``EnqueueLock`` row in the database, taken in one statement like a key claim; it works
-with any broker, disappears when the task starts and expires after ``unique_for`` seconds
-so a lost message cannot block the key for ever. It does not replace execution-time
+with any broker and ends with its message: when the body starts, or when the message ends
+without running (expired, revoked, refused by the worker, dead-lettered: see
+``idempotency.receivers``). It expires after ``unique_for`` seconds regardless, for a
+message lost without a trace (a broker that drops it). It does not replace execution-time
 idempotency: a redelivered message was published once and is not seen here.
 """
 

@@ -4,6 +4,10 @@ Acquiring and renewing are one statement (``djcelery_ops.db.upsert``): insert th
 take it over where ``holder`` is us or the lease expired, returning a row only to the
 winner, so of several beat processes exactly one wins. Works on
 PostgreSQL and SQLite alike, and nobody's local clock matters for who may take over.
+
+A takeover increments the lease's ``term`` (a renewal keeps it): the winner gets the term
+back and fences its writes with it (``still_holds``), so a leader that lost the lease
+without noticing (frozen, cut off from the database) cannot overwrite its successor's.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from django.db.models import Exists
 from django.db.models.functions import Now
 
 from djcelery_ops.db import Sql, column, now_plus_sql, now_sql, proposed, upsert
@@ -33,8 +38,11 @@ def holder_pid(holder: str) -> int | None:
     return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
 
 
-def try_acquire(name: str, holder: str, seconds: float) -> bool:
-    """Take or renew the lease for ``seconds`` of database time; True if we hold it now."""
+def try_acquire(name: str, holder: str, seconds: float) -> int | None:
+    """Take or renew the lease for ``seconds`` of database time.
+
+    Returns the term (>= 1) when we hold the lease now, else None.
+    """
     now = now_sql()
     held_by_us = f"{column('holder')} = {proposed('holder')}"
     won = upsert(
@@ -42,7 +50,7 @@ def try_acquire(name: str, holder: str, seconds: float) -> bool:
         conflict="name",
         values={
             "name": name, "holder": holder, "acquired_at": now,
-            "expires_at": now_plus_sql(seconds),
+            "expires_at": now_plus_sql(seconds), "term": 1,
         },
         update={
             "holder": Sql(proposed("holder")),
@@ -52,11 +60,22 @@ def try_acquire(name: str, holder: str, seconds: float) -> bool:
                 f"CASE WHEN {held_by_us} THEN {column('acquired_at')}"
                 f" ELSE {proposed('acquired_at')} END"
             ),
+            "term": Sql(
+                f"CASE WHEN {held_by_us} THEN {column('term')} ELSE {column('term')} + 1 END"
+            ),
         },
         where=Sql(f"{held_by_us} OR {column('expires_at')} < {now.text}"),
-        returning="holder",
+        returning="term",
     )  # fmt: skip
-    return won is not None
+    return None if won is None else int(won)
+
+
+def still_holds(name: str, holder: str, term: int) -> Exists:
+    """A condition true while ``holder`` holds the lease in ``term`` (database clock): the
+    fence of every write a leader makes."""
+    return Exists(
+        SchedulerLease.objects.filter(name=name, holder=holder, term=term, expires_at__gt=Now())
+    )
 
 
 def release(name: str, holder: str) -> bool:

@@ -33,12 +33,18 @@ class ManagedSchedule(models.Model):
 
 
 class SchedulerLease(models.Model):
-    """The lease that makes one beat process the leader; times are the database clock's."""
+    """The lease that makes one beat process the leader; times are the database clock's.
+
+    ``term`` grows by one with every takeover (a renewal keeps it): a fencing token. A
+    leader writes ``last_run_at`` only while the row still carries its holder and term, so
+    a leader that was frozen or cut off cannot write over its successor's runs.
+    """
 
     name = models.CharField(max_length=100, unique=True)
     holder = models.CharField(max_length=255, blank=True)
     acquired_at = models.DateTimeField(null=True)
     expires_at = models.DateTimeField()
+    term = models.BigIntegerField(default=0)
 
     class Meta:
         verbose_name = _("beat leader lease")

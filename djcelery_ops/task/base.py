@@ -14,9 +14,8 @@ from celery.utils.log import get_task_logger
 
 from djcelery_ops.conf import UNSET, ops_settings
 from djcelery_ops.exceptions import PermanentError, TransientError
-from djcelery_ops.idempotency.keys import header_key
+from djcelery_ops.idempotency.keys import delivery_key, header_key
 from djcelery_ops.logs import log_event
-from djcelery_ops.wire import REPLAY_HEADER, request_header
 
 task_logger = get_task_logger(__name__)
 
@@ -166,8 +165,7 @@ class OpsTask(Task):  # type: ignore[type-arg]
 
     def _run_call(self, args: Any, kwargs: Any) -> Any:
         plain = self.unique_for is None and self.idempotency_key is None
-        request = self.request
-        if plain and not header_key(request) and not request_header(request, REPLAY_HEADER):
+        if plain and not header_key(self.request) and not delivery_key(self.request):
             return super().__call__(*args, **kwargs)
         from djcelery_ops.idempotency.execution import run_idempotently
 

@@ -324,3 +324,69 @@ def idem_lease_hold(self, key: str, hold: float) -> str:
     Effect.objects.create(key=key, task_id=self.request.id, worker_pid=os.getpid())
     time.sleep(hold)
     return key
+
+
+# --- Periodic jobs without a key: the slot claim alone makes each slot run once -------------
+
+
+def _record_slot(request, label: str) -> int:
+    run = ScheduleSlotRun.objects.create(
+        slot_key=request_header(request, SCHEDULE_SLOT_HEADER) or "",
+        periodic_task_name=request.get("periodic_task_name") or "",
+        label=label,
+        task_id=request.id or "",
+    )
+    return run.pk
+
+
+@ops_task(bind=True)
+def record_slot_unkeyed(self, label: str = "") -> int:
+    """An OpsTask that did not opt into ``per_schedule_slot``: one row per execution."""
+    return _record_slot(self.request, label)
+
+
+@ops_task(bind=True, max_retries=3, retry_backoff=1, retry_backoff_max=1)
+def record_slot_fail_first(self, marker_dir: str) -> int:
+    """Fails its first attempt after writing its row; the retry must still run."""
+    pk = _record_slot(self.request, f"attempt-{self.request.retries}")
+    marker = Path(marker_dir) / "failed-once"
+    if not marker.exists():
+        marker.touch()
+        raise TransientError("first attempt fails")
+    return pk
+
+
+@shared_task(bind=True)
+def record_slot_plain_celery(self, label: str = "") -> int:
+    """A plain Celery task: no slot claim, but the slot's task id shows a duplicate."""
+    return _record_slot(self.request, label)
+
+
+# --- Enqueue locks that must end with a message that never runs ------------------------------
+
+
+@ops_task(bind=True)
+def hold_until(self, key: str, go_file: str) -> str:
+    """Occupies a pool process (an Effect row says it started) until the test says go."""
+    Effect.objects.create(key=key, task_id=self.request.id)
+    deadline = time.monotonic() + 60
+    while not Path(go_file).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return key
+
+
+@ops_task(unique_for=60)
+def unique_dies_before_start(report: str) -> str:
+    Effect.objects.create(key=report)  # never reached: the child dies in task_prerun
+    return report
+
+
+from celery.signals import task_prerun  # noqa: E402 - this section is appended
+
+
+@task_prerun.connect(dispatch_uid="tests.die_before_start")
+def _die_before_the_body(sender=None, **kwargs) -> None:
+    """A child lost between delivery and the body (an OOM kill in a prerun hook)."""
+    if getattr(sender, "name", "") == "tests.testapp.tasks.unique_dies_before_start":
+        time.sleep(0.2)  # see _kill_on_first_delivery: the parent must have accepted the job
+        os.kill(os.getpid(), signal.SIGKILL)
