@@ -130,6 +130,9 @@ class OpsTask(Task):  # type: ignore[type-arg]
     # covers the others); dead-letter capture leaves tasks that record their own failures.
     record_runs = True
     captures_own_failures = True
+    # False: this task's final failures are not dead letters (its runs end ``failed``);
+    # for failures the project handles itself, e.g. in a ``link_error`` callback.
+    dead_letter_failures = True
     retry_on_worker_lost = False
 
     retry_for: tuple[type[BaseException], ...] = (TransientError, ConnectionError, TimeoutError)
@@ -250,6 +253,8 @@ class OpsTask(Task):  # type: ignore[type-arg]
     def _capture(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, traceback: str
     ) -> None:
+        if not self.dead_letter_failures:
+            return
         from djcelery_ops.deadletter.capture import capture_failure
         from djcelery_ops.deadletter.record import record_from_request
 

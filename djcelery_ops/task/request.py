@@ -94,7 +94,7 @@ class OpsRequest(Request):
         self.acknowledge()
 
     def _record(self, reason: str, exc: BaseException | None, traceback: str) -> None:
-        if self._djcelery_ops_recorded:
+        if self._djcelery_ops_recorded or not getattr(self.task, "dead_letter_failures", True):
             return
         self._djcelery_ops_recorded = True
         from djcelery_ops.deadletter.capture import capture_failure

@@ -133,17 +133,7 @@ def ops_spawn_child(self) -> str:
     return ops_add.delay(2, 3).id
 
 
-from djcelery_ops.task.base import OpsTask  # noqa: E402 - this section is appended
-
-
-class NoDeadLetterTask(OpsTask):
-    """An OpsTask whose failures are not dead-lettered: its runs end as failed."""
-
-    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
-        return None
-
-
-@ops_task(base=NoDeadLetterTask)
+@ops_task(dead_letter_failures=False)  # its runs end as failed, no dead letter
 def ops_fail_without_dead_letter(message: str) -> None:
     raise ValueError(message)
 
