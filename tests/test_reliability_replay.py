@@ -107,16 +107,6 @@ def clear() -> None:
         model.objects.all().delete()
 
 
-def report(capsys, scenario: str, rounds: int, letters: int, once: int, doubled: int,
-           lost: int, started: float) -> None:  # fmt: skip
-    with capsys.disabled():
-        print(
-            f"\nreplay_chaos scenario={scenario} rounds={rounds} dead_letters={letters} "
-            f"executed_once={once} doubled={doubled} lost={lost} "
-            f"seconds={time.monotonic() - started:.1f}"
-        )
-
-
 def broker_through(proxy: TcpProxy) -> str:
     parts = urlsplit(settings.CELERY_BROKER_URL)
     netloc = parts.netloc.rsplit("@", 1)
@@ -124,62 +114,57 @@ def broker_through(proxy: TcpProxy) -> str:
     return urlunsplit(parts._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host))
 
 
-@pytest.mark.skipif(not NETWORK_BROKER, reason="the file-system broker has no connection to cut")
-def test_replay_chaos__broker_cut_mid_batch__every_dead_letter_runs_once(start_worker, capsys):
-    worker = start_worker()
-    queue = worker.queue
-    target = urlsplit(settings.CELERY_BROKER_URL)
+def run_rounds(start_worker, capsys, scenario: str, fault) -> None:
+    """Per round: seed dead letters, run ``fault(queue)`` (a replay with a fault in it),
+    settle, count executions per dead letter; print the scenario's totals."""
+    queue = start_worker().queue
     started, totals = time.monotonic(), Counter()
     for round_number in range(ROUNDS):
         keys = seed(LETTERS, queue, round_number)
+        fault(queue)
+        settle_until_done(queue)
+        once, doubled, lost = executions(keys)
+        totals.update(once=once, doubled=doubled, lost=lost)
+        assert (once, doubled, lost) == (LETTERS, 0, 0), f"round {round_number}"
+        clear()
+    with capsys.disabled():
+        print(
+            f"\nreplay_chaos scenario={scenario} rounds={ROUNDS} dead_letters={LETTERS * ROUNDS} "
+            f"executed_once={totals['once']} doubled={totals['doubled']} lost={totals['lost']} "
+            f"seconds={time.monotonic() - started:.1f}"
+        )
+
+
+@pytest.mark.skipif(not NETWORK_BROKER, reason="the file-system broker has no connection to cut")
+def test_replay_chaos__broker_cut_mid_batch__every_dead_letter_runs_once(start_worker, capsys):
+    target = urlsplit(settings.CELERY_BROKER_URL)
+
+    def cut_the_broker(queue: str) -> None:
         proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379).start()
         process = command(queue, broker=broker_through(proxy))
         in_the_middle(process)
         proxy.stop()
         code, output = finish(process)
         assert code in (0, 3), output  # done before the cut, or stopped by it
-        settle_until_done(queue)
-        once, doubled, lost = executions(keys)
-        totals.update(once=once, doubled=doubled, lost=lost)
-        assert (once, doubled, lost) == (LETTERS, 0, 0), f"round {round_number}"
-        clear()
-    report(capsys, "broker_cut", ROUNDS, LETTERS * ROUNDS, totals["once"], totals["doubled"],
-           totals["lost"], started)  # fmt: skip
+
+    run_rounds(start_worker, capsys, "broker_cut", cut_the_broker)
 
 
 def test_replay_chaos__command_killed__every_dead_letter_runs_once(start_worker, capsys):
-    worker = start_worker()
-    queue = worker.queue
-    started, totals = time.monotonic(), Counter()
-    for round_number in range(ROUNDS):
-        keys = seed(LETTERS, queue, round_number)
+    def kill_the_command(queue: str) -> None:
         process = command(queue)
         in_the_middle(process)
         process.send_signal(signal.SIGKILL)
         finish(process)
-        settle_until_done(queue)
-        once, doubled, lost = executions(keys)
-        totals.update(once=once, doubled=doubled, lost=lost)
-        assert (once, doubled, lost) == (LETTERS, 0, 0), f"round {round_number}"
-        clear()
-    report(capsys, "command_killed", ROUNDS, LETTERS * ROUNDS, totals["once"],
-           totals["doubled"], totals["lost"], started)  # fmt: skip
+
+    run_rounds(start_worker, capsys, "command_killed", kill_the_command)
 
 
 def test_replay_chaos__two_commands_at_once__every_dead_letter_runs_once(start_worker, capsys):
-    worker = start_worker()
-    queue = worker.queue
-    started, totals = time.monotonic(), Counter()
-    for round_number in range(ROUNDS):
-        keys = seed(LETTERS, queue, round_number)
+    def race_two_commands(queue: str) -> None:
         first, second = command(queue), command(queue)
         for process in (first, second):
             code, output = finish(process)
             assert code == 0, output
-        settle_until_done(queue)
-        once, doubled, lost = executions(keys)
-        totals.update(once=once, doubled=doubled, lost=lost)
-        assert (once, doubled, lost) == (LETTERS, 0, 0), f"round {round_number}"
-        clear()
-    report(capsys, "two_commands", ROUNDS, LETTERS * ROUNDS, totals["once"], totals["doubled"],
-           totals["lost"], started)  # fmt: skip
+
+    run_rounds(start_worker, capsys, "two_commands", race_two_commands)
