@@ -138,3 +138,8 @@ if os.environ.get("DJCELERY_OPS_IDEMPOTENCY_MAX_WAIT_SECONDS"):
     DJCELERY_OPS_IDEMPOTENCY_MAX_WAIT_SECONDS = float(
         os.environ["DJCELERY_OPS_IDEMPOTENCY_MAX_WAIT_SECONDS"]
     )
+
+# --- Faithful replay tests -------------------------------------------------------------------
+if os.environ.get("DJCELERY_OPS_TEST_ACCEPT_CONTENT"):
+    # "json,pickle": a worker that accepts pickle (the default accepts JSON only).
+    CELERY_ACCEPT_CONTENT = os.environ["DJCELERY_OPS_TEST_ACCEPT_CONTENT"].split(",")

@@ -30,6 +30,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from djcelery_ops.conf import ops_settings
+from djcelery_ops.deadletter.call import accepted_content_types, decode_call, serializer_name
 from djcelery_ops.deadletter.models import DeadLetter, Replay
 from djcelery_ops.wire import REPLAY_HEADER
 
@@ -84,14 +85,39 @@ def _edited(replay: Replay, field: str, stored: Any) -> Any:
     return edit["new"] if isinstance(edit, dict) and "new" in edit else stored
 
 
+def _edited_call(app: Celery, replay: Replay) -> tuple[Any, Any, dict[str, Any]]:
+    """Args, kwargs and serializer to publish: the kept call unless the operator edited it.
+
+    The kept call is decoded (with the app's ``accept_content``) and published with the
+    serializer it was encoded with, so the task gets the original values and types.
+    """
+    letter = replay.dead_letter
+    edits = replay.edits or {}
+    if not letter.call_content_type:
+        return _edited(replay, "args", letter.args), _edited(replay, "kwargs", letter.kwargs), {}
+    serializer = {"serializer": serializer_name(letter.call_content_type)}
+    if "args" in edits and "kwargs" in edits:
+        return _edited(replay, "args", None), _edited(replay, "kwargs", None), serializer
+    args, kwargs = decode_call(
+        letter.call_body,
+        content_type=letter.call_content_type,
+        content_encoding=letter.call_content_encoding,
+        base64_body=letter.call_body_base64,
+        accept=accepted_content_types(app.conf.accept_content),
+    )
+    return _edited(replay, "args", args), _edited(replay, "kwargs", kwargs), serializer
+
+
 def _send(app: Celery, replay: Replay, producer: Any) -> None:
     letter = replay.dead_letter
+    args, kwargs, serializer = _edited_call(app, replay)
     app.send_task(
         letter.task_name,
-        args=_edited(replay, "args", letter.args),
-        kwargs=_edited(replay, "kwargs", letter.kwargs),
+        args=args,
+        kwargs=kwargs,
         task_id=replay.new_task_id,
         producer=producer,
+        **serializer,
         **publish_options(letter, _edited(replay, "queue", None)),
     )
 

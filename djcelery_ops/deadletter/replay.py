@@ -30,9 +30,10 @@ from django.db import transaction
 from django.db.models import QuerySet
 
 from djcelery_ops.conf import ops_settings
+from djcelery_ops.deadletter.call import accepted_content_types
 from djcelery_ops.deadletter.models import DeadLetter, Replay
-from djcelery_ops.deadletter.outbox import ReplayError, publish_replays
-from djcelery_ops.deadletter.selection import chunks, selected_ids
+from djcelery_ops.deadletter.outbox import ReplayError, celery_app, publish_replays
+from djcelery_ops.deadletter.selection import chunks, selected_ids, skip_not_accepted
 from djcelery_ops.deadletter.transitions import Outcome, actor_of, claim, count_skipped
 
 if TYPE_CHECKING:
@@ -68,8 +69,13 @@ def replay(
 ) -> Outcome:
     """Republish pending dead letters as new tasks, each at most once; see module doc.
 
-    ``args``/``kwargs``/``queue`` replace the stored values for every row (edit and
-    replay); giving both args and kwargs also allows replaying a truncated payload.
+    A plain replay publishes each row's kept call (``deadletter.call``) decoded with the
+    app's ``accept_content`` and encoded again with the same serializer, so the task gets
+    the values and types of the original delivery. Rows with a ``replay_blocker``
+    (truncated, not encodable, body never decoded) and rows whose call's content type the
+    app does not accept are skipped. ``args``/``kwargs``/``queue`` replace the stored
+    values for every row (edit and replay); giving both args and kwargs also allows
+    replaying a row with a ``replay_blocker``.
     Called inside an atomic block, publishing happens when that block commits.
     Raises ``ReplayError`` when the broker fails; its ``outcome`` says what was claimed and
     published so far, and the claimed rows stay in the outbox for the next run.
@@ -81,10 +87,12 @@ def replay(
     outcome = Outcome(run_id=run_id or uuid.uuid4().hex)
     editable = args is not None and kwargs is not None
     size = batch_size or ops_settings.DEAD_LETTER_REPLAY_BATCH_SIZE
+    accepted = accepted_content_types((app or celery_app()).conf.accept_content)
     for chunk in chunks(selected_ids(dead_letters), size):
         with transaction.atomic():
-            claimed = claim(chunk, Status.REPLAYED, allow_truncated=editable)
-            count_skipped(outcome, chunk, claimed, editable)
+            ready = chunk if editable else _decodable(chunk, accepted, outcome)
+            claimed = claim(ready, Status.REPLAYED, allow_truncated=editable) if ready else []
+            count_skipped(outcome, ready, claimed, editable)
             if not claimed:
                 continue
             rows = DeadLetter.objects.filter(pk__in=claimed).order_by("pk")
@@ -106,6 +114,24 @@ def replay(
             # The outbox: claim, lineage and task ids commit together, then publish.
             transaction.on_commit(partial(_publish, outcome, replays, app))
     return outcome
+
+
+def _decodable(ids: list[int], accepted: set[str], outcome: Outcome) -> list[int]:
+    """``ids`` without the rows whose kept call this app may not decode (skipped, said why).
+
+    Checked before the claim: a claimed row that cannot be decoded would stay in the outbox.
+    """
+    refused = (
+        DeadLetter.objects.filter(pk__in=ids, status=Status.PENDING, replay_blocker="")
+        .exclude(call_content_type="")
+        .exclude(call_content_type__in=accepted)
+        .values_list("pk", "call_content_type")
+    )
+    left = set(ids)
+    for pk, content_type in refused:
+        outcome.skipped[skip_not_accepted(content_type)] += 1
+        left.discard(pk)
+    return sorted(left)
 
 
 def _count(outcome: Outcome, replays: list[Replay]) -> None:

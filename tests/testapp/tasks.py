@@ -324,3 +324,18 @@ def idem_lease_hold(self, key: str, hold: float) -> str:
     Effect.objects.create(key=key, task_id=self.request.id, worker_pid=os.getpid())
     time.sleep(hold)
     return key
+
+
+# --- Faithful replay: what a task really received ------------------------------------------
+
+
+@ops_task
+def ops_echo_call(*args, **kwargs) -> None:
+    """Fails with the exact repr of its call: a dead letter's message shows what it got."""
+    raise ValueError(repr((args, kwargs)))
+
+
+@ops_task(bind=True)
+def ops_record_call(self, *args, **kwargs) -> None:
+    """One Effect per run, keyed by the repr of the call it received."""
+    Effect.objects.create(key=repr((args, kwargs))[:200], task_id=self.request.id)
