@@ -12,18 +12,22 @@ import json
 import uuid
 from decimal import Decimal
 from fractions import Fraction
+from io import StringIO
 
 import pytest
+from django.core.management import call_command
 from kombu.serialization import loads
 
 from djcelery_ops.deadletter.call import BLOCKED_LEGACY, BLOCKED_OVER_CAP, BLOCKED_TRUNCATED
 from djcelery_ops.deadletter.record import FailureRecord, record_from_request
 from djcelery_ops.deadletter.services import replay
 from djcelery_ops.deadletter.store import store_record
-from djcelery_ops.models import DeadLetter
+from djcelery_ops.models import DeadLetter, Replay
 from tests.celery_app import app as celery_app
 from tests.testapp import tasks
+from tests.testapp.models import Effect
 from tests.utils import wait_until
+from tests.worker import WorkerProcess, purge_queue
 
 PICKLE = "application/x-python-serialize"
 WHEN = datetime.datetime(2026, 3, 1, 12, 30, 15, 250, tzinfo=datetime.UTC)
@@ -233,3 +237,45 @@ def test_spooled_record_of_an_older_version__is_marked_not_faithful():
     again = FailureRecord.from_json(json.dumps(data))
 
     assert again.call is None and again.replay_blocker == BLOCKED_LEGACY
+
+
+# --- A body never decoded: refused by plain replay, republished unchanged on request --------
+
+
+@pytest.mark.worker
+def test_never_decoded_body__refused_by_replay__republished_raw_runs_with_original_args(
+    worker, celery_queue
+):
+    pickle_queue = f"{celery_queue}-pickle"
+    pickle_worker = WorkerProcess(queue=pickle_queue, env=PICKLE_WORKER)
+    try:
+        pickle_worker.start()
+        # Pickle sent to the JSON-only worker: rejected, dead-lettered, body kept as bytes.
+        sent = tasks.ops_record_call.apply_async(
+            [(1, 2), Decimal("3.5")], {"k": b"v"}, queue=celery_queue, serializer="pickle"
+        )
+        letter = _dead_letter_of(sent.id)
+        assert letter.reason == DeadLetter.Reason.REJECTED_MESSAGE
+        assert letter.replay_blocker == "body never decoded" and letter.args == []
+
+        plain = replay([letter], by="ops", reason="try")
+        assert plain.done == 0 and plain.skipped == {"body never decoded": 1}
+
+        out = StringIO()
+        call_command(
+            "replay_dead_letters", "--raw-body", f"--to-queue={pickle_queue}",
+            f"--id={letter.pk}", "--reason=send it to the pickle worker", stdout=out,
+        )  # fmt: skip
+        assert "Republished the original message of 1 dead letter (run " in out.getvalue()
+        new_id = Replay.objects.get(dead_letter=letter).new_task_id
+        effect = wait_until(
+            lambda: Effect.objects.filter(task_id=new_id).first(), what="the raw republish to run"
+        )
+        assert effect.key == repr((((1, 2), Decimal("3.5")), {"k": b"v"}))
+        wait_until(
+            lambda: DeadLetter.objects.get(pk=letter.pk).status == DeadLetter.Status.RESOLVED,
+            what="the dead letter to be resolved",
+        )
+    finally:
+        pickle_worker.stop()
+        purge_queue(pickle_queue)

@@ -18,6 +18,7 @@ task id, in lease mode), so publishing again is safe where not publishing would 
 
 from __future__ import annotations
 
+import base64
 import datetime
 import logging
 from collections.abc import Iterable, Iterator
@@ -108,8 +109,34 @@ def _edited_call(app: Celery, replay: Replay) -> tuple[Any, Any, dict[str, Any]]
     return _edited(replay, "args", args), _edited(replay, "kwargs", kwargs), serializer
 
 
+def _send_original(app: Celery, replay: Replay, producer: Any) -> None:
+    """The never-decoded body, unchanged, with its headers, under the replay's task id."""
+    letter = replay.dead_letter
+    stored = letter.options or {}
+    headers = dict(stored.get("message_headers") or {})
+    headers.update(id=replay.new_task_id, retries=0, eta=None, expires=None)
+    headers[REPLAY_HEADER] = str(letter.pk)
+    queue = app.amqp.queues[_edited(replay, "queue", None) or stored.get("queue") or letter.queue]
+    producer.publish(
+        base64.b64decode(stored["raw_body"]),
+        exchange=queue.exchange,
+        routing_key=queue.routing_key,
+        declare=[queue],
+        content_type=stored.get("content_type"),
+        content_encoding=stored.get("content_encoding"),
+        headers=headers,
+        correlation_id=replay.new_task_id,
+        priority=stored.get("priority"),
+        retry=app.conf.task_publish_retry,
+        retry_policy=app.conf.task_publish_retry_policy,
+    )
+
+
 def _send(app: Celery, replay: Replay, producer: Any) -> None:
     letter = replay.dead_letter
+    if (replay.edits or {}).get("raw_body"):
+        _send_original(app, replay, producer)
+        return
     args, kwargs, serializer = _edited_call(app, replay)
     app.send_task(
         letter.task_name,

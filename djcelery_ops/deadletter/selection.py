@@ -14,13 +14,14 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 
 from django.db.models import Count, Q, QuerySet
 
-from djcelery_ops.deadletter.call import BLOCKED_TRUNCATED
+from djcelery_ops.deadletter.call import BLOCKED_NEVER_DECODED, BLOCKED_TRUNCATED
 from djcelery_ops.deadletter.models import DeadLetter
 
 Status = DeadLetter.Status
 
 SKIP_NOT_FOUND = "not found"
 SKIP_TRUNCATED = BLOCKED_TRUNCATED
+SKIP_NOT_RAW = "not a message that was never decoded"
 
 
 def skip_not_accepted(content_type: str) -> str:
@@ -75,6 +76,8 @@ def plan(
     replaying = action == "replay"
     for task_name, status, blocker, content_type, n in counts:
         reason = skip_reason(status, blocker if replaying else "")
+        if reason is None and action == "republish" and blocker != BLOCKED_NEVER_DECODED:
+            reason = SKIP_NOT_RAW
         if reason is None and replaying and content_type and accepted is not None:
             reason = None if content_type in accepted else skip_not_accepted(content_type)
         if reason is None:

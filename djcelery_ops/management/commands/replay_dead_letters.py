@@ -19,12 +19,14 @@ from django.core.management.base import CommandError
 from django.db import DatabaseError, InterfaceError
 
 from djcelery_ops.conf import ops_settings
+from djcelery_ops.deadletter.call import BLOCKED_NEVER_DECODED
 from djcelery_ops.deadletter.services import (
     Outcome,
     ReplayError,
     interrupted_replays,
     recover_replays,
     replay,
+    republish_original,
 )
 from djcelery_ops.management.base import (
     EXIT_BROKER_UNREACHABLE,
@@ -36,7 +38,7 @@ from djcelery_ops.management.base import (
     positive_int_option,
 )
 from djcelery_ops.management.commands import _dead_letters as common
-from djcelery_ops.models import Replay
+from djcelery_ops.models import DeadLetter, Replay
 
 _RATE = re.compile(r"^(\d+(?:\.\d+)?)(?:/(s|m))?$")
 _RUN_ID = re.compile(r"^[0-9a-f]{1,32}$")
@@ -117,6 +119,14 @@ class Command(OpsCommand):
             "those older than DJCELERY_OPS_DEAD_LETTER_REPLAY_RECOVER_AFTER).",
         )
         parser.add_argument(
+            "--raw-body",
+            action="store_true",
+            help="Republish the original message, unchanged (body, content type, encoding, "
+            "headers; a new task id), of dead letters whose body was never decoded, e.g. "
+            "pickle refused by a JSON worker. Use --to-queue for a worker that accepts it.",
+        )
+        parser.add_argument("--to-queue", help="Publish to this queue instead of the original one.")
+        parser.add_argument(
             "--run-id",
             help="Record the replays under this run id (to continue a stopped run as one).",
         )
@@ -134,11 +144,17 @@ class Command(OpsCommand):
         max_failure_rate: str | None,
         recover: bool = False,
         run_id: str | None = None,
+        raw_body: bool = False,
+        to_queue: str | None = None,
         **options: Any,
     ) -> None:
         run_id = parse_run_id(run_id)
+        options["to_queue"] = to_queue or None
         state: dict[str, _Run] = {}
         try:
+            if raw_body:
+                self._republish(dry_run, reason, by, batch_size, run_id, options)
+                return
             self._handle(state, run_id, dry_run, reason, by, batch_size, rate, canary,
                          canary_timeout, max_failure_rate, recover, options)  # fmt: skip
         except (DatabaseError, InterfaceError) as error:
@@ -183,9 +199,48 @@ class Command(OpsCommand):
         if per_second is not None:
             size = min(size, max(1, math.floor(per_second)))  # bursts of at most one second
         run = _Run(self, ids, actor, reason, size, per_second, timeout, run_id)
+        run.queue = options["to_queue"]
         state["run"] = run
         self._go(run, first, failure_limit)
         self.stdout.write(run.summary())
+
+    def _republish(
+        self,
+        dry_run: bool,
+        reason: str,
+        by: str | None,
+        batch_size: str | None,
+        run_id: str | None,
+        options: dict[str, Any],
+    ) -> None:
+        """``--raw-body``: the original messages of dead letters never decoded, unchanged."""
+        selection = common.selection_from_options(options)
+        actor = common.actor(dry_run=dry_run, reason=reason, by=by)
+        rows = common.matching_rows(selection)
+        raw = rows.filter(replay_blocker=BLOCKED_NEVER_DECODED, status=DeadLetter.Status.PENDING)
+        if dry_run:
+            count = raw.count()
+            self.stdout.write(
+                f"Would republish the original message of {plural(count, 'dead letter')}."
+            )
+            return
+        try:
+            outcome = republish_original(
+                list(rows.values_list("pk", flat=True)),
+                by=actor,
+                reason=reason,
+                queue=options["to_queue"],
+                batch_size=self.batch_size(batch_size),
+                run_id=run_id,
+            )
+        except ReplayError as error:
+            raise CommandError(f"Stopped: {error}", returncode=EXIT_BROKER_UNREACHABLE) from None
+        self.stdout.write(
+            f"Republished the original message of {plural(outcome.published, 'dead letter')} "
+            f"(run {outcome.run_id})."
+        )
+        for line in common.skipped_lines(dict(outcome.skipped)):
+            self.stdout.write(line)
 
     def _recover(self, *, dry_run: bool, older_than: float | None) -> None:
         """Finish interrupted replays first: the outbox rows no broker confirmed."""
@@ -250,6 +305,7 @@ class _Run:
         self.command, self.ids, self.by, self.reason = command, ids, by, reason
         self.size, self.rate, self.timeout = size, rate, timeout
         self.total = Outcome(run_id=run_id or uuid.uuid4().hex)
+        self.queue: str | None = None
         self.started = time.monotonic()
 
     def go(self, canary: int | None, max_failure_rate: float | None) -> None:
@@ -271,7 +327,12 @@ class _Run:
 
     def _batch(self, ids: list[int]) -> Outcome:
         part = replay(
-            ids, by=self.by, reason=self.reason, batch_size=self.size, run_id=self.total.run_id
+            ids,
+            by=self.by,
+            reason=self.reason,
+            queue=self.queue,
+            batch_size=self.size,
+            run_id=self.total.run_id,
         )
         common.merge(self.total, part)
         skipped = sum(self.total.skipped.values())
