@@ -142,3 +142,7 @@ if os.environ.get("DJCELERY_OPS_IDEMPOTENCY_MAX_WAIT_SECONDS"):
 # --- Beat reliability tests: a short leader lease for beat subprocesses ---------------------
 if os.environ.get("DJCELERY_OPS_TEST_BEAT_LEASE_SECONDS"):
     DJCELERY_OPS_BEAT_LEASE_SECONDS = float(os.environ["DJCELERY_OPS_TEST_BEAT_LEASE_SECONDS"])
+# --- Faithful replay tests -------------------------------------------------------------------
+if os.environ.get("DJCELERY_OPS_TEST_ACCEPT_CONTENT"):
+    # "json,pickle": a worker that accepts pickle (the default accepts JSON only).
+    CELERY_ACCEPT_CONTENT = os.environ["DJCELERY_OPS_TEST_ACCEPT_CONTENT"].split(",")

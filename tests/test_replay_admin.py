@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 
@@ -12,6 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from djcelery_ops.models import DeadLetter, Discard, Replay
+from tests.celery_app import app as celery_app
 from tests.factories import dead_letter
 from tests.replay_helpers import drain
 
@@ -261,3 +263,82 @@ def test_changelist__filters_dead_letters_whose_replay_was_interrupted(client):
     response = client.get(url, {"replay": "interrupted"})
     assert [row.pk for row in response.context["cl"].result_list] == [stuck.pk]
     assert other.pk in {row.pk for row in client.get(url).context["cl"].result_list}
+
+
+def _never_decoded(queue: str) -> DeadLetter:
+    """A dead letter as a JSON-only worker records a pickled message it refused."""
+    from djcelery_ops.deadletter.record import FailureRecord
+    from djcelery_ops.deadletter.store import store_record
+
+    raw = "gASVAAAAAAAAAAB9lC4="  # any bytes: nothing here decodes them
+    return store_record(
+        FailureRecord(
+            task_id="never-decoded",
+            task_name="tests.testapp.tasks.ops_record_call",
+            reason="rejected_message",
+            args=[],
+            kwargs={},
+            options={
+                "queue": queue,
+                "content_type": "application/x-python-serialize",
+                "content_encoding": "binary",
+                "raw_body": raw,
+                "message_headers": {"task": "tests.testapp.tasks.ops_record_call", "id": "x"},
+            },
+            replay_blocker="body never decoded",
+        )
+    )
+
+
+def test_edit_and_replay__shows_why_a_dead_letter_is_not_replayable_as_is(client):
+    operator(client, "replay_deadletter")
+    from djcelery_ops.deadletter.record import record_from_request
+    from djcelery_ops.deadletter.store import store_record
+
+    letter = store_record(
+        record_from_request(
+            {"id": "unencodable"},
+            task_name="t",
+            reason="exception",
+            exc=None,
+            traceback="",
+            args=[object()],
+            kwargs={},
+        )  # fmt: skip
+    )
+    url = reverse("admin:djcelery_ops_deadletter_edit_replay", args=[letter.pk])
+    page = client.get(url).content.decode()
+    assert "Not replayable as is: payload not kept faithfully: EncodeError" in page
+    change = client.get(reverse("admin:djcelery_ops_deadletter_change", args=[letter.pk]))
+    assert "payload not kept faithfully" in change.content.decode()
+
+
+def test_republish_original_action__confirms_then_publishes_the_raw_body(
+    client, celery_queue, publishing
+):
+    operator(client, "replay_deadletter")
+    raw = _never_decoded(celery_queue)
+    plain = dead_letter(options={"queue": celery_queue})
+    selected = [str(raw.pk), str(plain.pk)]
+    action = {"action": "republish_original_selected", "_selected_action": selected}
+
+    replay_page = client.post(
+        CHANGELIST, {"action": "replay_selected", "_selected_action": selected, "index": "0"}
+    ).content.decode()
+    assert "body never decoded: 1" in replay_page
+
+    page = client.post(CHANGELIST, {**action, "index": "0"}).content.decode()
+    assert "Republish the original message, unchanged, of 1 dead letter" in page
+    assert "not a message that was never decoded: 1" in page
+    assert not Replay.objects.exists()
+
+    with publishing():
+        client.post(CHANGELIST, {**action, "index": "0", "post": "yes", "reason": "to pickle"})
+    row = Replay.objects.get()
+    assert row.dead_letter_id == raw.pk and row.edits["raw_body"]["new"] is True
+    with celery_app.connection_for_write() as conn:
+        message = conn.default_channel.basic_get(celery_queue, no_ack=True)
+    assert message.body == base64.b64decode(raw.options["raw_body"])
+    assert message.content_type == "application/x-python-serialize"
+    assert message.headers["id"] == row.new_task_id
+    assert message.headers["djcelery_ops_replay_of"] == str(raw.pk)

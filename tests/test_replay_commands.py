@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import datetime
+import os
+import subprocess
+import sys
 from io import StringIO
 
 import pytest
+from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection
 from django.utils import timezone
 
 from djcelery_ops.models import DeadLetter, Discard, Replay
 from tests.factories import dead_letter
+from tests.proxy import TcpProxy
 from tests.replay_helpers import drain
+from tests.worker import REPO_ROOT
 
 # Commits for real, as in production: the publish runs on commit, inside the command.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -276,3 +283,70 @@ def test_exception_filter__takes_the_short_and_the_dotted_name(name):
     assert run("discard_dead_letters", f"--exception={name}", "--dry-run") == (
         "Would discard 1 dead letter:\n  1  k\n"
     )
+
+
+# --- The database lost mid-run (a real subprocess; its database goes through a proxy) ------
+
+
+def _command_through(proxy, queue: str, *args: str) -> subprocess.Popen[str]:
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": _url_through(settings.DATABASES["default"], proxy.port),
+        "DJCELERY_OPS_TEST_DB_NAME": str(connection.settings_dict["NAME"]),
+        "DJCELERY_OPS_TEST_QUEUE": queue,
+        "PYTHONUNBUFFERED": "1",
+    }
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "replay_dead_letters", "--reason=db cut", "--by=ops",
+         *args],
+        cwd=REPO_ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def _url_through(database: dict, port: int) -> str:
+    user = database.get("USER") or "postgres"
+    password = f":{database['PASSWORD']}" if database.get("PASSWORD") else ""
+    return f"postgres://{user}{password}@127.0.0.1:{port}/{database['NAME']}"
+
+
+@pytest.mark.skipif(
+    settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3",
+    reason="SQLite has no connection to cut",
+)
+def test_replay_command__database_cut_mid_run__exits_5_with_what_was_done_and_the_run_id(
+    celery_queue,
+):
+    rows = letters(celery_queue, 200)
+    database = settings.DATABASES["default"]
+    proxy = TcpProxy(database.get("HOST") or "127.0.0.1", int(database.get("PORT") or 5432))
+    proxy.start()
+    # 20 per batch at 40/s: half a second between batches, so the cut lands mid-run.
+    process = _command_through(proxy, celery_queue, "--batch-size=20", "--rate=40/s")
+    assert process.stdout is not None
+    first = process.stdout.readline()
+    assert first.startswith("Replayed 20/200"), first + process.communicate()[1]
+    proxy.stop()
+    out, err = process.communicate(timeout=120)
+
+    assert process.returncode == 5, out + err
+    assert "Traceback" not in err
+    assert "Stopped: the database is unreachable (" in err
+    replayed = DeadLetter.objects.filter(status=DeadLetter.Status.REPLAYED).count()
+    assert 20 <= replayed < 200
+    run_id = Replay.objects.values_list("run_id", flat=True).distinct().get()
+    assert f"Replayed {replayed} dead letters (run {run_id})." in err
+    assert f"--run-id {run_id}" in err
+
+    # Back again: the same command with that run id finishes the run.
+    out = run("replay_dead_letters", "--reason=db back", f"--run-id={run_id}")
+    assert f"Replayed {200 - replayed} dead letters (run {run_id})." in out
+    assert not DeadLetter.objects.filter(pk__in=[r.pk for r in rows], status="pending").exists()
+    assert set(Replay.objects.values_list("run_id", flat=True)) == {run_id}
+    assert len(drain(celery_queue)) == 200
+
+
+def test_replay_command__bad_run_id__is_bad_input():
+    with pytest.raises(CommandError, match="--run-id: 'x y' is not a run id") as raised:
+        run("replay_dead_letters", "--reason=r", "--run-id=x y")
+    assert raised.value.returncode == 1

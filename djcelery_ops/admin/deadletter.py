@@ -45,6 +45,13 @@ def _edit_initial(letter: DeadLetter) -> dict[str, str]:
     return {"args": json.dumps(letter.args), "kwargs": json.dumps(letter.kwargs)}
 
 
+_TITLES = {
+    "replay": _("Replay dead letters?"),
+    "republish": _("Republish the original messages?"),
+    "discard": _("Discard dead letters?"),
+}
+
+
 class InterruptedReplayFilter(admin.SimpleListFilter):
     """Dead letters whose replay was committed but never confirmed by the broker: the next
     ``replay_dead_letters`` run (or ``--recover``) publishes them with the same task ids."""
@@ -87,7 +94,18 @@ class DeadLetterAdmin(ReadOnlyAdminMixin[DeadLetter]):
             _("Failure"),
             {"fields": ["exception_class", "exception_message", "pretty_traceback", "retries"]},
         ),
-        (_("Call"), {"fields": ["pretty_args", "pretty_kwargs", "payload_truncated"]}),
+        (
+            _("Call"),
+            {
+                "fields": [
+                    "pretty_args",
+                    "pretty_kwargs",
+                    "payload_truncated",
+                    "replay_blocker",
+                    "call_content_type",
+                ]
+            },
+        ),
         (
             _("Routing"),
             {
@@ -104,7 +122,7 @@ class DeadLetterAdmin(ReadOnlyAdminMixin[DeadLetter]):
         (_("Grouping"), {"fields": ["fingerprint", "first_failed_at", "last_failed_at"]}),
         (_("Lineage"), {"fields": ["replay_of_link", "lineage"]}),
     ]
-    actions = ["replay_selected", "discard_selected"]
+    actions = ["replay_selected", "republish_original_selected", "discard_selected"]
     change_list_template = "admin/djcelery_ops/deadletter/change_list.html"
     change_form_template = "admin/djcelery_ops/deadletter/change_form.html"
     action_confirmation_template: str | None = None
@@ -171,6 +189,15 @@ class DeadLetterAdmin(ReadOnlyAdminMixin[DeadLetter]):
     ) -> HttpResponse | None:
         return self._confirm(request, queryset, "replay", "replay_selected")
 
+    @admin.action(
+        description=_("Republish the original message (bodies never decoded)"),
+        permissions=["replay"],
+    )
+    def republish_original_selected(
+        self, request: HttpRequest, queryset: QuerySet[DeadLetter]
+    ) -> HttpResponse | None:
+        return self._confirm(request, queryset, "republish", "republish_original_selected")
+
     @admin.action(description=_("Discard selected dead letters"), permissions=["discard"])
     def discard_selected(
         self, request: HttpRequest, queryset: QuerySet[DeadLetter]
@@ -192,7 +219,7 @@ class DeadLetterAdmin(ReadOnlyAdminMixin[DeadLetter]):
             return None
         context = {
             **self.admin_site.each_context(request),
-            "title": _("Replay dead letters?") if verb == "replay" else _("Discard dead letters?"),
+            "title": _TITLES[verb],
             "verb": verb,
             "plan": service.plan(queryset, action=verb),
             "form": form,
@@ -225,6 +252,13 @@ class DeadLetterAdmin(ReadOnlyAdminMixin[DeadLetter]):
                 outcome = service.replay(queryset, by=by, reason=reason)  # type: ignore[arg-type]
                 template = ngettext(
                     "Replayed %(count)d dead letter.", "Replayed %(count)d dead letters.",
+                    outcome.done,
+                )  # fmt: skip
+            elif verb == "republish":
+                outcome = service.republish_original(queryset, by=by, reason=reason)  # type: ignore[arg-type]
+                template = ngettext(
+                    "Republished the original message of %(count)d dead letter.",
+                    "Republished the original messages of %(count)d dead letters.",
                     outcome.done,
                 )  # fmt: skip
             else:

@@ -79,6 +79,22 @@ class DeadLetter(models.Model):
         default=False,
         help_text=_("Args and kwargs were over the size cap; only a preview is stored."),
     )
+    # The call as the message carried it (``deadletter.call``): what plain replay decodes and
+    # publishes with the same serializer. Empty content type: ``args``/``kwargs`` are the
+    # call itself (a row written by hand), or ``replay_blocker`` says why none was kept.
+    call_content_type = models.CharField(_("call content type"), max_length=128, blank=True)
+    call_content_encoding = models.CharField(_("call content encoding"), max_length=64, blank=True)
+    call_body = models.TextField(_("encoded call"), blank=True)
+    call_body_base64 = models.BooleanField(_("encoded call in base64"), default=False)
+    replay_blocker = models.CharField(
+        _("not replayable as is"),
+        max_length=255,
+        blank=True,
+        help_text=_(
+            "Why a plain replay would not call the task as the original message did; "
+            "edit and replay is still possible."
+        ),
+    )
     options = models.JSONField(
         _("publish options"),
         default=dict,

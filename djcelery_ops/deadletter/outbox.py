@@ -18,6 +18,7 @@ task id, in lease mode), so publishing again is safe where not publishing would 
 
 from __future__ import annotations
 
+import base64
 import datetime
 import logging
 from collections.abc import Iterable, Iterator
@@ -30,6 +31,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from djcelery_ops.conf import ops_settings
+from djcelery_ops.deadletter.call import accepted_content_types, decode_call, serializer_name
 from djcelery_ops.deadletter.models import DeadLetter, Replay
 from djcelery_ops.wire import REPLAY_HEADER
 
@@ -84,14 +86,65 @@ def _edited(replay: Replay, field: str, stored: Any) -> Any:
     return edit["new"] if isinstance(edit, dict) and "new" in edit else stored
 
 
+def _edited_call(app: Celery, replay: Replay) -> tuple[Any, Any, dict[str, Any]]:
+    """Args, kwargs and serializer to publish: the kept call unless the operator edited it.
+
+    The kept call is decoded (with the app's ``accept_content``) and published with the
+    serializer it was encoded with, so the task gets the original values and types.
+    """
+    letter = replay.dead_letter
+    edits = replay.edits or {}
+    if not letter.call_content_type:
+        return _edited(replay, "args", letter.args), _edited(replay, "kwargs", letter.kwargs), {}
+    serializer = {"serializer": serializer_name(letter.call_content_type)}
+    if "args" in edits and "kwargs" in edits:
+        return _edited(replay, "args", None), _edited(replay, "kwargs", None), serializer
+    args, kwargs = decode_call(
+        letter.call_body,
+        content_type=letter.call_content_type,
+        content_encoding=letter.call_content_encoding,
+        base64_body=letter.call_body_base64,
+        accept=accepted_content_types(app.conf.accept_content),
+    )
+    return _edited(replay, "args", args), _edited(replay, "kwargs", kwargs), serializer
+
+
+def _send_original(app: Celery, replay: Replay, producer: Any) -> None:
+    """The never-decoded body, unchanged, with its headers, under the replay's task id."""
+    letter = replay.dead_letter
+    stored = letter.options or {}
+    headers = dict(stored.get("message_headers") or {})
+    headers.update(id=replay.new_task_id, retries=0, eta=None, expires=None)
+    headers[REPLAY_HEADER] = str(letter.pk)
+    queue = app.amqp.queues[_edited(replay, "queue", None) or stored.get("queue") or letter.queue]
+    producer.publish(
+        base64.b64decode(stored["raw_body"]),
+        exchange=queue.exchange,
+        routing_key=queue.routing_key,
+        declare=[queue],
+        content_type=stored.get("content_type"),
+        content_encoding=stored.get("content_encoding"),
+        headers=headers,
+        correlation_id=replay.new_task_id,
+        priority=stored.get("priority"),
+        retry=app.conf.task_publish_retry,
+        retry_policy=app.conf.task_publish_retry_policy,
+    )
+
+
 def _send(app: Celery, replay: Replay, producer: Any) -> None:
     letter = replay.dead_letter
+    if (replay.edits or {}).get("raw_body"):
+        _send_original(app, replay, producer)
+        return
+    args, kwargs, serializer = _edited_call(app, replay)
     app.send_task(
         letter.task_name,
-        args=_edited(replay, "args", letter.args),
-        kwargs=_edited(replay, "kwargs", letter.kwargs),
+        args=args,
+        kwargs=kwargs,
         task_id=replay.new_task_id,
         producer=producer,
+        **serializer,
         **publish_options(letter, _edited(replay, "queue", None)),
     )
 

@@ -16,6 +16,12 @@ from typing import Any
 from django.utils import timezone
 
 from djcelery_ops.conf import ops_settings
+from djcelery_ops.deadletter.call import (
+    BLOCKED_LEGACY,
+    BLOCKED_NEVER_DECODED,
+    encode_call,
+    serializer_name,
+)
 from djcelery_ops.storable import bounded_message, capped_text, storable_text
 from djcelery_ops.wire import QUEUE_HEADER, custom_headers, describe_exception, jsonable, to_json
 
@@ -38,6 +44,10 @@ class FailureRecord:
     retries: int = 0
     worker_hostname: str = ""
     failed_at: str = dataclasses.field(default_factory=lambda: timezone.now().isoformat())
+    # The call encoded as the delivery carried it (``deadletter.call``), or None and why not.
+    # None with no blocker: ``args``/``kwargs`` are the call itself (a record built by hand).
+    call: dict[str, Any] | None = None
+    replay_blocker: str = ""
 
     def __post_init__(self) -> None:
         # Bounded and storable from the start, so a spool file is bounded too. Both steps
@@ -54,7 +64,11 @@ class FailureRecord:
     def from_json(cls, text: str) -> FailureRecord:
         data = json.loads(text)
         names = {field.name for field in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in names})
+        record = cls(**{key: value for key, value in data.items() if key in names})
+        if "call" not in data and not record.replay_blocker:
+            # Spooled by a version that kept no faithful copy: its args are the lossy ones.
+            record.replay_blocker = BLOCKED_LEGACY
+        return record
 
     @property
     def failed_at_datetime(self) -> datetime.datetime:
@@ -63,6 +77,24 @@ class FailureRecord:
 
 def _text(value: Any) -> str:
     return "" if value is None else str(value)
+
+
+def delivery_serializer(request: Mapping[str, Any], task_name: str) -> str:
+    """The serializer the delivery was encoded with, as far as the request tells.
+
+    The content type is known in the worker's main process and on AMQP (message
+    properties); in a worker child on Redis it is not, and the task's serializer (else the
+    app's ``task_serializer``) is what the message used unless the caller overrode it.
+    """
+    from celery import current_app
+
+    properties = request.get("properties") or {}
+    content_type = request.get("content_type") or properties.get("content_type")
+    name = serializer_name(content_type)
+    if name:
+        return name
+    task = current_app.tasks.get(task_name)
+    return str(getattr(task, "serializer", None) or current_app.conf.task_serializer)
 
 
 def record_from_request(
@@ -74,8 +106,12 @@ def record_from_request(
     traceback: str,
     args: Any = None,
     kwargs: Any = None,
+    decoded: bool = True,
 ) -> FailureRecord:
-    """Build a record from a Celery request dict (a Context's ``__dict__`` or a Request's)."""
+    """Build a record from a Celery request dict (a Context's ``__dict__`` or a Request's).
+
+    ``decoded=False``: the message body was never decoded, so there is no call to keep.
+    """
     delivery = request.get("delivery_info") or {}
     queue = request.get(QUEUE_HEADER) or delivery.get("routing_key") or ""
     exception_class, message = describe_exception(exc)
@@ -96,12 +132,19 @@ def record_from_request(
         "eta": request.get("eta"),
         "expires": request.get("expires"),
     }
+    args = request.get("args", []) if args is None else args
+    kwargs = request.get("kwargs", {}) if kwargs is None else kwargs
+    call, blocker = None, BLOCKED_NEVER_DECODED
+    if decoded:
+        call, blocker = encode_call(args, kwargs, delivery_serializer(request, task_name))
     return FailureRecord(
         task_id=_text(request.get("id")),
         task_name=task_name,
         reason=reason,
-        args=jsonable(request.get("args", []) if args is None else args),
-        kwargs=jsonable(request.get("kwargs", {}) if kwargs is None else kwargs),
+        args=jsonable(args),
+        kwargs=jsonable(kwargs),
+        call=call,
+        replay_blocker=blocker,
         options=jsonable(options),
         queue=_text(queue),
         periodic_task_name=_text(request.get("periodic_task_name")),
@@ -131,26 +174,35 @@ def record_from_message(
     headers = dict(message.headers or {})
     args: Any = []
     kwargs: Any = {}
+    decoded = False
     options: dict[str, Any] = {"content_type": message.content_type}
     if message.content_type in accept:
         try:
             body = message.decode()
             if isinstance(body, list | tuple) and len(body) == 3:
-                args, kwargs = body[0], body[1]
+                args, kwargs, decoded = body[0], body[1], True
         except Exception as decode_error:  # a broken body is itself what we record
             options["decode_error"] = repr(decode_error)
-    if not args and not kwargs:
+    if not decoded:
+        # Kept unchanged for an explicit "republish the original message" (raw replay).
         raw = message.body if isinstance(message.body, bytes) else str(message.body).encode()
         options["raw_body"] = base64.b64encode(raw).decode("ascii")
         options["content_encoding"] = message.content_encoding
+        options["message_headers"] = headers
     record = record_from_request(
-        {**headers, "delivery_info": message.delivery_info or {}, "hostname": hostname},
+        {
+            **headers,
+            "delivery_info": message.delivery_info or {},
+            "hostname": hostname,
+            "content_type": message.content_type,
+        },
         task_name=_text(headers.get("task")) or "(unknown)",
         reason=reason,
         exc=exc,
         traceback="",
         args=args,
         kwargs=kwargs,
+        decoded=decoded,
     )
     record.options.update(jsonable(options))
     if not record.task_id:

@@ -30,9 +30,15 @@ from django.db import transaction
 from django.db.models import QuerySet
 
 from djcelery_ops.conf import ops_settings
+from djcelery_ops.deadletter.call import BLOCKED_NEVER_DECODED, accepted_content_types
 from djcelery_ops.deadletter.models import DeadLetter, Replay
-from djcelery_ops.deadletter.outbox import ReplayError, publish_replays
-from djcelery_ops.deadletter.selection import chunks, selected_ids
+from djcelery_ops.deadletter.outbox import ReplayError, celery_app, publish_replays
+from djcelery_ops.deadletter.selection import (
+    SKIP_NOT_RAW,
+    chunks,
+    selected_ids,
+    skip_not_accepted,
+)
 from djcelery_ops.deadletter.transitions import Outcome, actor_of, claim, count_skipped
 
 if TYPE_CHECKING:
@@ -68,8 +74,13 @@ def replay(
 ) -> Outcome:
     """Republish pending dead letters as new tasks, each at most once; see module doc.
 
-    ``args``/``kwargs``/``queue`` replace the stored values for every row (edit and
-    replay); giving both args and kwargs also allows replaying a truncated payload.
+    A plain replay publishes each row's kept call (``deadletter.call``) decoded with the
+    app's ``accept_content`` and encoded again with the same serializer, so the task gets
+    the values and types of the original delivery. Rows with a ``replay_blocker``
+    (truncated, not encodable, body never decoded) and rows whose call's content type the
+    app does not accept are skipped. ``args``/``kwargs``/``queue`` replace the stored
+    values for every row (edit and replay); giving both args and kwargs also allows
+    replaying a row with a ``replay_blocker``.
     Called inside an atomic block, publishing happens when that block commits.
     Raises ``ReplayError`` when the broker fails; its ``outcome`` says what was claimed and
     published so far, and the claimed rows stay in the outbox for the next run.
@@ -81,31 +92,112 @@ def replay(
     outcome = Outcome(run_id=run_id or uuid.uuid4().hex)
     editable = args is not None and kwargs is not None
     size = batch_size or ops_settings.DEAD_LETTER_REPLAY_BATCH_SIZE
+    accepted = accepted_content_types((app or celery_app()).conf.accept_content)
     for chunk in chunks(selected_ids(dead_letters), size):
         with transaction.atomic():
-            claimed = claim(chunk, Status.REPLAYED, allow_truncated=editable)
-            count_skipped(outcome, chunk, claimed, editable)
-            if not claimed:
-                continue
-            rows = DeadLetter.objects.filter(pk__in=claimed).order_by("pk")
-            letters = list(rows.defer("traceback", "exception_message"))
-            replays = [
-                Replay(
-                    dead_letter=letter,
-                    user=user,
-                    by=by_text,
-                    reason=reason,
-                    run_id=outcome.run_id,
-                    edits=_edits(letter, args, kwargs, queue),
-                    new_task_id=str(uuid.uuid4()),
-                )
-                for letter in letters
-            ]
-            Replay.objects.bulk_create(replays)
-            _count(outcome, replays)
-            # The outbox: claim, lineage and task ids commit together, then publish.
-            transaction.on_commit(partial(_publish, outcome, replays, app))
+            ready = chunk if editable else _decodable(chunk, accepted, outcome)
+            claimed = claim(ready, Status.REPLAYED, allow_truncated=editable) if ready else []
+            count_skipped(outcome, ready, claimed, editable)
+            if claimed:
+                edits = partial(_edits, args=args, kwargs=kwargs, queue=queue)
+                _outbox(outcome, claimed, user, by_text, reason, app, edits)
     return outcome
+
+
+RAW_EDIT = "raw_body"  # ``Replay.edits`` key of a republished original message
+
+
+def republish_original(
+    dead_letters: QuerySet[DeadLetter] | Iterable[DeadLetter | int],
+    *,
+    by: Actor,
+    reason: str,
+    queue: str | None = None,
+    batch_size: int | None = None,
+    run_id: str | None = None,
+    app: Celery | None = None,
+) -> Outcome:
+    """Publish the original bytes of messages that were never decoded, unchanged.
+
+    For dead letters whose body was never decoded (``replay_blocker`` "body never
+    decoded": a content type the worker refused, an undecodable body): the raw body goes
+    out with its content type and encoding and its original headers, under a new task id
+    and the replay header, to ``queue`` (a worker that accepts it) or the original queue.
+    An explicit choice, apart from ``replay``: nothing here checks what the body holds.
+    Same claim and outbox as ``replay``.
+    """
+    if not reason.strip():
+        raise ValueError("a reason is required")
+    user, by_text = actor_of(by)
+    outcome = Outcome(run_id=run_id or uuid.uuid4().hex)
+    edits: dict[str, Any] = {RAW_EDIT: {"old": None, "new": True}}
+    if queue:
+        edits["queue"] = {"old": None, "new": queue}
+    size = batch_size or ops_settings.DEAD_LETTER_REPLAY_BATCH_SIZE
+    for chunk in chunks(selected_ids(dead_letters), size):
+        with transaction.atomic():
+            raw = set(
+                DeadLetter.objects.filter(
+                    pk__in=chunk, replay_blocker=BLOCKED_NEVER_DECODED, options__has_key="raw_body"
+                ).values_list("pk", flat=True)
+            )
+            outcome.skipped[SKIP_NOT_RAW] += len(set(chunk) - raw)
+            ready = sorted(raw)
+            claimed = claim(ready, Status.REPLAYED, allow_truncated=True) if ready else []
+            count_skipped(outcome, ready, claimed, True)
+            if claimed:
+                _outbox(outcome, claimed, user, by_text, reason, app, lambda _letter: edits)
+    if not outcome.skipped[SKIP_NOT_RAW]:
+        del outcome.skipped[SKIP_NOT_RAW]
+    return outcome
+
+
+def _outbox(
+    outcome: Outcome,
+    claimed: list[int],
+    user: Any,
+    by_text: str,
+    reason: str,
+    app: Celery | None,
+    edits_of: Any,
+) -> None:
+    """Write the claimed rows' ``Replay`` rows and publish them once this block commits."""
+    rows = DeadLetter.objects.filter(pk__in=claimed).order_by("pk")
+    letters = list(rows.defer("traceback", "exception_message"))
+    replays = [
+        Replay(
+            dead_letter=letter,
+            user=user,
+            by=by_text,
+            reason=reason,
+            run_id=outcome.run_id,
+            edits=edits_of(letter),
+            new_task_id=str(uuid.uuid4()),
+        )
+        for letter in letters
+    ]
+    Replay.objects.bulk_create(replays)
+    _count(outcome, replays)
+    # The outbox: claim, lineage and task ids commit together, then publish.
+    transaction.on_commit(partial(_publish, outcome, replays, app))
+
+
+def _decodable(ids: list[int], accepted: set[str], outcome: Outcome) -> list[int]:
+    """``ids`` without the rows whose kept call this app may not decode (skipped, said why).
+
+    Checked before the claim: a claimed row that cannot be decoded would stay in the outbox.
+    """
+    refused = (
+        DeadLetter.objects.filter(pk__in=ids, status=Status.PENDING, replay_blocker="")
+        .exclude(call_content_type="")
+        .exclude(call_content_type__in=accepted)
+        .values_list("pk", "call_content_type")
+    )
+    left = set(ids)
+    for pk, content_type in refused:
+        outcome.skipped[skip_not_accepted(content_type)] += 1
+        left.discard(pk)
+    return sorted(left)
 
 
 def _count(outcome: Outcome, replays: list[Replay]) -> None:

@@ -10,16 +10,22 @@ from __future__ import annotations
 import dataclasses
 import datetime
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 
 from django.db.models import Count, Q, QuerySet
 
+from djcelery_ops.deadletter.call import BLOCKED_NEVER_DECODED, BLOCKED_TRUNCATED
 from djcelery_ops.deadletter.models import DeadLetter
 
 Status = DeadLetter.Status
 
 SKIP_NOT_FOUND = "not found"
-SKIP_TRUNCATED = "payload truncated"
+SKIP_TRUNCATED = BLOCKED_TRUNCATED
+SKIP_NOT_RAW = "not a message that was never decoded"
+
+
+def skip_not_accepted(content_type: str) -> str:
+    return f"content type {content_type} not accepted here"
 
 
 @dataclasses.dataclass
@@ -35,29 +41,45 @@ class Plan:
         return sum(count for _task, count in self.per_task)
 
 
-def skip_reason(status: str, truncated: bool, *, editable: bool = False) -> str | None:
-    """Why a row cannot be replayed, or None when it can."""
+def skip_reason(status: str, blocker: str, *, editable: bool = False) -> str | None:
+    """Why a row cannot be replayed, or None when it can.
+
+    ``blocker`` is the row's ``replay_blocker`` (why a plain replay would not be faithful);
+    edit and replay (``editable``) gives the call itself, so it is not blocked by it.
+    """
     if status != Status.PENDING:
         return f"already {status}"
-    if truncated and not editable:
-        return SKIP_TRUNCATED
+    if blocker and not editable:
+        return blocker
     return None
 
 
-def plan(queryset: QuerySet[DeadLetter], *, action: str = "replay") -> Plan:
-    """Count per task what ``replay``/``discard`` would change and what it would skip."""
+def plan(
+    queryset: QuerySet[DeadLetter],
+    *,
+    action: str = "replay",
+    accepted: Collection[str] | None = None,
+) -> Plan:
+    """Count per task what ``replay``/``discard`` would change and what it would skip.
+
+    ``accepted``: the content types the replaying app decodes (a kept call of another
+    type is skipped); None does not check.
+    """
     if queryset.query.is_sliced:
         # A slice (``--limit``) cannot be regrouped; count the rows it holds instead.
         ids = list(queryset.values_list("pk", flat=True))
         queryset = DeadLetter.objects.filter(pk__in=ids)
-    rows = queryset.order_by().values("status", "payload_truncated", "task_name")
-    counts = rows.annotate(n=Count("pk")).values_list(
-        "task_name", "status", "payload_truncated", "n"
-    )
+    fields = ("task_name", "status", "replay_blocker", "call_content_type")
+    counts = queryset.order_by().values(*fields).annotate(n=Count("pk")).values_list(*fields, "n")
     per_task: Counter[str] = Counter()
     skipped: Counter[str] = Counter()
-    for task_name, status, truncated, n in counts:
-        reason = skip_reason(status, truncated and action == "replay")
+    replaying = action == "replay"
+    for task_name, status, blocker, content_type, n in counts:
+        reason = skip_reason(status, blocker if replaying else "")
+        if reason is None and action == "republish" and blocker != BLOCKED_NEVER_DECODED:
+            reason = SKIP_NOT_RAW
+        if reason is None and replaying and content_type and accepted is not None:
+            reason = None if content_type in accepted else skip_not_accepted(content_type)
         if reason is None:
             per_task[task_name] += n
         else:

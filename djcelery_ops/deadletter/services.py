@@ -10,7 +10,7 @@ from djcelery_ops.deadletter.outbox import (
     publish_options,
     recover_replays,
 )
-from djcelery_ops.deadletter.replay import replay
+from djcelery_ops.deadletter.replay import replay, republish_original
 from djcelery_ops.deadletter.selection import (
     SKIP_NOT_FOUND,
     SKIP_TRUNCATED,
@@ -37,5 +37,6 @@ __all__ = [
     "purge",
     "recover_replays",
     "replay",
+    "republish_original",
     "skip_reason",
 ]

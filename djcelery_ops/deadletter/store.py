@@ -1,8 +1,9 @@
 """Writing failure records as ``DeadLetter`` rows: grouping fingerprint, size cap, upsert.
 
 What a task raised or was called with may hold text the database refuses (NUL, lone
-surrogates): it is escaped visibly here, and the exact call is kept in
-``options["original_payload_json"]`` (JSON text, which escapes them) for a faithful replay.
+surrogates): it is escaped visibly here in ``args``/``kwargs`` (for people), and the exact
+call is the encoded one (``deadletter.call``, base64 when its text would not be storable),
+which is what a replay publishes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 
 from djcelery_ops.conf import ops_settings
+from djcelery_ops.deadletter.call import BLOCKED_TRUNCATED, encode_call
 from djcelery_ops.deadletter.models import DeadLetter
 from djcelery_ops.deadletter.record import FailureRecord
 from djcelery_ops.storable import storable_json, storable_text
@@ -78,7 +80,26 @@ def storable_record(record: FailureRecord) -> tuple[FailureRecord, Any, Any, boo
     if escaped and not truncated:
         options[ORIGINAL_PAYLOAD_KEY] = json.dumps([record.args, record.kwargs])
     texts: dict[str, Any] = {name: storable_text(getattr(record, name)) for name in _TEXT_FIELDS}
-    return dataclasses.replace(record, options=options, **texts), args, kwargs, truncated
+    call, blocker = record.call, record.replay_blocker
+    if truncated:
+        call, blocker = None, BLOCKED_TRUNCATED
+    elif call is None and not blocker:
+        # Built by hand (not from a delivery): its args and kwargs are the call itself.
+        call, blocker = encode_call(record.args, record.kwargs, "json")
+    record = dataclasses.replace(record, options=options, call=call, replay_blocker=blocker)
+    return dataclasses.replace(record, **texts), args, kwargs, truncated
+
+
+def call_fields(record: FailureRecord) -> dict[str, Any]:
+    """The ``DeadLetter`` fields of the record's kept call, and why none, if none."""
+    call = record.call or {}
+    return {
+        "call_content_type": str(call.get("content_type") or "")[:128],
+        "call_content_encoding": str(call.get("content_encoding") or "")[:64],
+        "call_body": str(call.get("body") or ""),
+        "call_body_base64": bool(call.get("base64")),
+        "replay_blocker": storable_text(record.replay_blocker)[:255],
+    }
 
 
 def store_record(record: FailureRecord) -> DeadLetter:
@@ -112,6 +133,7 @@ def store_record(record: FailureRecord) -> DeadLetter:
                         args=args,
                         kwargs=kwargs,
                         payload_truncated=truncated,
+                        **call_fields(record),
                         options=record.options,
                         queue=record.queue[:255],
                         periodic_task_name=record.periodic_task_name[:255],

@@ -48,10 +48,11 @@ def claim(ids: list[int], status: str, *, allow_truncated: bool) -> list[int]:
     """Move pending rows to ``status``; return the ids this statement changed."""
     table = connection.ops.quote_name(DeadLetter._meta.db_table)
     marks = ", ".join(["%s"] * len(ids))
-    truncated = "" if allow_truncated else " AND payload_truncated = %s"
+    # A row whose call was not kept faithfully is replayed only with the operator's call.
+    truncated = "" if allow_truncated else " AND replay_blocker = %s"
     params: list[Any] = [status, timezone.now(), *ids, Status.PENDING]
     if not allow_truncated:
-        params.append(False)
+        params.append("")
     where = f"id IN ({marks}) AND status = %s{truncated}"
     sql = f"UPDATE {table} SET status = %s, updated_at = %s WHERE {where} RETURNING id"
     with connection.cursor() as cursor:
@@ -63,9 +64,7 @@ def count_skipped(outcome: Outcome, ids: list[int], claimed: list[int], editable
     missed = sorted(set(ids) - set(claimed))
     if not missed:
         return
-    found = list(
-        DeadLetter.objects.filter(pk__in=missed).values_list("status", "payload_truncated")
-    )
+    found = list(DeadLetter.objects.filter(pk__in=missed).values_list("status", "replay_blocker"))
     for status, truncated in found:
         outcome.skipped[skip_reason(status, truncated, editable=editable) or "changed"] += 1
     if len(found) < len(missed):

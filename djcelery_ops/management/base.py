@@ -32,6 +32,7 @@ EXIT_BAD_INPUT = 1
 EXIT_STOPPED_BY_GUARD = 2
 EXIT_BROKER_UNREACHABLE = 3
 EXIT_INTERRUPTED = 4
+EXIT_DATABASE_UNREACHABLE = 5  # lost the database mid-run: part done, the summary says what
 
 MAX_IDS = 10_000
 

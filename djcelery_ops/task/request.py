@@ -43,6 +43,11 @@ def requeues_on_timeout(task: Any) -> bool:
 class OpsRequest(Request):
     _djcelery_ops_recorded = False
 
+    def __init__(self, message: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(message, *args, **kwargs)
+        # The child keeps a failed call encoded as delivered (deadletter.call): tell it how.
+        self._request_dict["content_type"] = self._content_type  # type: ignore[attr-defined]
+
     # Every record below is made BEFORE Celery's handler runs: that handler acknowledges
     # the message and stores the result, and the result backend may be the database that
     # is down (it raises, after or instead of the ack). The record must be durable first.

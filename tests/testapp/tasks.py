@@ -380,3 +380,18 @@ def _die_before_the_body(sender=None, **kwargs) -> None:
     if getattr(sender, "name", "") == "tests.testapp.tasks.unique_dies_before_start":
         time.sleep(0.2)  # see _kill_on_first_delivery: the parent must have accepted the job
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+# --- Faithful replay: what a task really received ------------------------------------------
+
+
+@ops_task
+def ops_echo_call(*args, **kwargs) -> None:
+    """Fails with the exact repr of its call: a dead letter's message shows what it got."""
+    raise ValueError(repr((args, kwargs)))
+
+
+@ops_task(bind=True)
+def ops_record_call(self, *args, **kwargs) -> None:
+    """One Effect per run, keyed by the repr of the call it received."""
+    Effect.objects.create(key=repr((args, kwargs))[:200], task_id=self.request.id)

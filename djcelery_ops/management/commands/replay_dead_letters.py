@@ -2,8 +2,8 @@
 
 Exit codes (README, "Exit codes"): 0 done or nothing to do, 1 bad input, 2 stopped by a
 guard (canary failed or timed out, failure rate over ``--max-failure-rate``), 3 broker
-unreachable, 4 interrupted with part of the rows replayed. A second run continues:
-replayed rows are no longer pending.
+unreachable, 4 interrupted with part of the rows replayed, 5 database unreachable with
+part of the rows replayed. A second run continues: replayed rows are no longer pending.
 """
 
 from __future__ import annotations
@@ -16,17 +16,21 @@ from argparse import ArgumentParser
 from typing import Any
 
 from django.core.management.base import CommandError
+from django.db import DatabaseError, InterfaceError
 
 from djcelery_ops.conf import ops_settings
+from djcelery_ops.deadletter.call import BLOCKED_NEVER_DECODED
 from djcelery_ops.deadletter.services import (
     Outcome,
     ReplayError,
     interrupted_replays,
     recover_replays,
     replay,
+    republish_original,
 )
 from djcelery_ops.management.base import (
     EXIT_BROKER_UNREACHABLE,
+    EXIT_DATABASE_UNREACHABLE,
     EXIT_INTERRUPTED,
     EXIT_STOPPED_BY_GUARD,
     OpsCommand,
@@ -34,9 +38,10 @@ from djcelery_ops.management.base import (
     positive_int_option,
 )
 from djcelery_ops.management.commands import _dead_letters as common
-from djcelery_ops.models import Replay
+from djcelery_ops.models import DeadLetter, Replay
 
 _RATE = re.compile(r"^(\d+(?:\.\d+)?)(?:/(s|m))?$")
+_RUN_ID = re.compile(r"^[0-9a-f]{1,32}$")
 POLL_INTERVAL = 0.5
 
 
@@ -60,6 +65,32 @@ def parse_fraction(text: str | None) -> float | None:
     if not 0 <= value < 1 or math.isnan(value):
         raise CommandError(f"--max-failure-rate: {text!r} is not a fraction in [0, 1) or 0-99%.")
     return value
+
+
+def parse_run_id(text: str | None) -> str | None:
+    if text is None:
+        return None
+    if not _RUN_ID.match(text.strip()):
+        raise CommandError(f"--run-id: {text!r} is not a run id (up to 32 hex digits).")
+    return text.strip()
+
+
+def database_lost(error: BaseException, run: _Run | None) -> str:
+    """What a run that lost its database had done, and how to go on."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    lines = [f"Stopped: the database is unreachable ({first})."]
+    if run is None:
+        lines.append("No dead letter was replayed by this run.")
+        return "\n".join(lines)
+    lines.append(run.summary())
+    lines.append(
+        "Dead letters replayed above stay replayed; a batch whose commit did not reach the "
+        "database was not replayed and is still pending. When the database is back, run "
+        f"the same command again with --run-id {run.total.run_id} to continue this run: "
+        "it replays the pending rest and first publishes again, with the same task ids, "
+        "any replay committed but not confirmed by the broker."
+    )
+    return "\n".join(lines)
 
 
 class GuardStop(Exception):
@@ -87,6 +118,18 @@ class Command(OpsCommand):
             "committed but the broker never confirmed (every run does this first for "
             "those older than DJCELERY_OPS_DEAD_LETTER_REPLAY_RECOVER_AFTER).",
         )
+        parser.add_argument(
+            "--raw-body",
+            action="store_true",
+            help="Republish the original message, unchanged (body, content type, encoding, "
+            "headers; a new task id), of dead letters whose body was never decoded, e.g. "
+            "pickle refused by a JSON worker. Use --to-queue for a worker that accepts it.",
+        )
+        parser.add_argument("--to-queue", help="Publish to this queue instead of the original one.")
+        parser.add_argument(
+            "--run-id",
+            help="Record the replays under this run id (to continue a stopped run as one).",
+        )
 
     def handle(
         self,
@@ -100,7 +143,39 @@ class Command(OpsCommand):
         canary_timeout: str | None,
         max_failure_rate: str | None,
         recover: bool = False,
+        run_id: str | None = None,
+        raw_body: bool = False,
+        to_queue: str | None = None,
         **options: Any,
+    ) -> None:
+        run_id = parse_run_id(run_id)
+        options["to_queue"] = to_queue or None
+        state: dict[str, _Run] = {}
+        try:
+            if raw_body:
+                self._republish(dry_run, reason, by, batch_size, run_id, options)
+                return
+            self._handle(state, run_id, dry_run, reason, by, batch_size, rate, canary,
+                         canary_timeout, max_failure_rate, recover, options)  # fmt: skip
+        except (DatabaseError, InterfaceError) as error:
+            raise CommandError(
+                database_lost(error, state.get("run")), returncode=EXIT_DATABASE_UNREACHABLE
+            ) from None
+
+    def _handle(
+        self,
+        state: dict[str, _Run],
+        run_id: str | None,
+        dry_run: bool,
+        reason: str,
+        by: str | None,
+        batch_size: str | None,
+        rate: str | None,
+        canary: str | None,
+        canary_timeout: str | None,
+        max_failure_rate: str | None,
+        recover: bool,
+        options: dict[str, Any],
     ) -> None:
         if recover:
             self._recover(dry_run=dry_run, older_than=0)
@@ -123,9 +198,49 @@ class Command(OpsCommand):
         ids = list(common.matching_rows(selection).values_list("pk", flat=True))
         if per_second is not None:
             size = min(size, max(1, math.floor(per_second)))  # bursts of at most one second
-        run = _Run(self, ids, actor, reason, size, per_second, timeout)
+        run = _Run(self, ids, actor, reason, size, per_second, timeout, run_id)
+        run.queue = options["to_queue"]
+        state["run"] = run
         self._go(run, first, failure_limit)
         self.stdout.write(run.summary())
+
+    def _republish(
+        self,
+        dry_run: bool,
+        reason: str,
+        by: str | None,
+        batch_size: str | None,
+        run_id: str | None,
+        options: dict[str, Any],
+    ) -> None:
+        """``--raw-body``: the original messages of dead letters never decoded, unchanged."""
+        selection = common.selection_from_options(options)
+        actor = common.actor(dry_run=dry_run, reason=reason, by=by)
+        rows = common.matching_rows(selection)
+        raw = rows.filter(replay_blocker=BLOCKED_NEVER_DECODED, status=DeadLetter.Status.PENDING)
+        if dry_run:
+            count = raw.count()
+            self.stdout.write(
+                f"Would republish the original message of {plural(count, 'dead letter')}."
+            )
+            return
+        try:
+            outcome = republish_original(
+                list(rows.values_list("pk", flat=True)),
+                by=actor,
+                reason=reason,
+                queue=options["to_queue"],
+                batch_size=self.batch_size(batch_size),
+                run_id=run_id,
+            )
+        except ReplayError as error:
+            raise CommandError(f"Stopped: {error}", returncode=EXIT_BROKER_UNREACHABLE) from None
+        self.stdout.write(
+            f"Republished the original message of {plural(outcome.published, 'dead letter')} "
+            f"(run {outcome.run_id})."
+        )
+        for line in common.skipped_lines(dict(outcome.skipped)):
+            self.stdout.write(line)
 
     def _recover(self, *, dry_run: bool, older_than: float | None) -> None:
         """Finish interrupted replays first: the outbox rows no broker confirmed."""
@@ -185,10 +300,12 @@ class _Run:
         size: int,
         rate: float | None,
         timeout: float,
+        run_id: str | None = None,
     ) -> None:
         self.command, self.ids, self.by, self.reason = command, ids, by, reason
         self.size, self.rate, self.timeout = size, rate, timeout
-        self.total = Outcome(run_id=uuid.uuid4().hex)
+        self.total = Outcome(run_id=run_id or uuid.uuid4().hex)
+        self.queue: str | None = None
         self.started = time.monotonic()
 
     def go(self, canary: int | None, max_failure_rate: float | None) -> None:
@@ -210,7 +327,12 @@ class _Run:
 
     def _batch(self, ids: list[int]) -> Outcome:
         part = replay(
-            ids, by=self.by, reason=self.reason, batch_size=self.size, run_id=self.total.run_id
+            ids,
+            by=self.by,
+            reason=self.reason,
+            queue=self.queue,
+            batch_size=self.size,
+            run_id=self.total.run_id,
         )
         common.merge(self.total, part)
         skipped = sum(self.total.skipped.values())
