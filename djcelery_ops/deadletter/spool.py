@@ -60,6 +60,10 @@ def quarantine_dir() -> Path:
     return path
 
 
+def quarantined_files() -> list[Path]:
+    return sorted(quarantine_dir().glob("*.json"))
+
+
 @dataclasses.dataclass
 class IngestReport:
     ingested: int = 0
