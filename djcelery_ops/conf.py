@@ -45,6 +45,9 @@ class OpsSettings:
     DEAD_LETTER_MAX_MESSAGE_BYTES: int = 16 * 1024
     DEAD_LETTER_MAX_TRACEBACK_BYTES: int = 64 * 1024
     DEAD_LETTER_SPOOL_DIR: str | None = None
+    # Seconds between two looks at the spool by each worker's main process: a record
+    # spooled during an outage is stored at most about this long after the database is back.
+    DEAD_LETTER_SPOOL_INGEST_INTERVAL: float = 30
     DEAD_LETTER_CAPTURE_ALL_TASKS: bool = True
 
     # Job runs.

@@ -146,3 +146,7 @@ if os.environ.get("DJCELERY_OPS_TEST_BEAT_LEASE_SECONDS"):
 if os.environ.get("DJCELERY_OPS_TEST_ACCEPT_CONTENT"):
     # "json,pickle": a worker that accepts pickle (the default accepts JSON only).
     CELERY_ACCEPT_CONTENT = os.environ["DJCELERY_OPS_TEST_ACCEPT_CONTENT"].split(",")
+if os.environ.get("DJCELERY_OPS_DEAD_LETTER_SPOOL_INGEST_INTERVAL"):
+    DJCELERY_OPS_DEAD_LETTER_SPOOL_INGEST_INTERVAL = float(
+        os.environ["DJCELERY_OPS_DEAD_LETTER_SPOOL_INGEST_INTERVAL"]
+    )

@@ -30,12 +30,16 @@ class Scenario:
     def __init__(self, name: str, capsys: pytest.CaptureFixture[str]) -> None:
         self.name, self.capsys, self.started = name, capsys, time.monotonic()
 
-    def report(self, *, tasks: int, dead_letters: int, lost: int, doubled: int) -> None:
+    def report(
+        self, *, tasks: int, dead_letters: int, lost: int, doubled: int, **sizes: object
+    ) -> None:
+        """Print the line; ``sizes`` (rounds, outage seconds, ...) go before ``seconds``."""
         seconds = time.monotonic() - self.started
+        extra = "".join(f" {name}={value}" for name, value in sizes.items())
         with self.capsys.disabled():
             print(
                 f"\nscenario={self.name} tasks={tasks} dead_letters={dead_letters} "
-                f"lost={lost} doubled={doubled} seconds={seconds:.1f}"
+                f"lost={lost} doubled={doubled}{extra} seconds={seconds:.1f}"
             )
         assert (lost, doubled) == (0, 0)
 
@@ -169,6 +173,16 @@ def publish_raw(queue: str, body: bytes, content_type: str, task_id: str) -> Non
         )  # fmt: skip
 
 
+def _send_refused_messages() -> dict[str, str]:
+    """Well-formed Celery messages the worker must refuse: task id -> expected reason."""
+    pickled = tasks.ops_add.apply_async((2, 3), serializer="pickle")  # worker accepts JSON only
+    unknown = app.send_task("tests.testapp.tasks.no_such_task", args=(1,), kwargs={"n": 2})
+    return {
+        pickled.id: DeadLetter.Reason.REJECTED_MESSAGE,
+        unknown.id: DeadLetter.Reason.UNREGISTERED,
+    }
+
+
 def test_garbage_on_the_queue__dead_lettered_and_the_worker_keeps_running(
     start_worker, celery_queue, capsys
 ):
@@ -176,6 +190,7 @@ def test_garbage_on_the_queue__dead_lettered_and_the_worker_keeps_running(
     worker = start_worker(env=OPS_CONSUMER, concurrency=1)
     for name, (body, content_type) in GARBAGE.items():
         publish_raw(celery_queue, body, content_type, f"garbage-{name}")
+    refused = _send_refused_messages()
     garbage = DeadLetter.objects.filter(task_id__startswith="garbage-")
     wait_until(lambda: garbage.count() == len(GARBAGE), what="a dead letter per message")
     letters = list(garbage)
@@ -186,12 +201,17 @@ def test_garbage_on_the_queue__dead_lettered_and_the_worker_keeps_running(
         assert letter.options["message_headers"]["tenant"] == "acme"
         assert letter.options["content_type"] == content_type
         assert letter.task_name == "tests.testapp.tasks.ops_add"
+    others = DeadLetter.objects.filter(task_id__in=refused)
+    wait_until(lambda: others.count() == len(refused), what="the refused messages' letters")
+    assert {letter.task_id: letter.reason for letter in others} == refused
+    letters += list(others)
     after = tasks.ops_add.delay(2, 3)  # the worker still consumes
     wait_until(lambda: f"[{after.id}] succeeded" in worker.log(), what="a healthy task after")
     assert worker.process.poll() is None
     worker.stop()
     waiting = queue_depth(celery_queue)
+    sent = len(GARBAGE) + len(refused)
     scenario.report(
-        tasks=len(GARBAGE), dead_letters=len(letters), lost=len(GARBAGE) - len(letters),
+        tasks=sent, dead_letters=len(letters), lost=sent - len(letters),
         doubled=waiting + sum(letter.occurrences - 1 for letter in letters),
     )  # fmt: skip

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import threading
 
 from django.db import (
     DatabaseError,
@@ -16,6 +17,7 @@ from django.db import (
     connection,
 )
 
+from djcelery_ops.conf import ops_settings
 from djcelery_ops.deadletter.record import FailureRecord
 from djcelery_ops.deadletter.spool import (
     has_spooled_records,
@@ -129,3 +131,42 @@ def _drop_broken_connection() -> None:
     """Close a dead connection so the next attempt opens a new one."""
     with contextlib.suppress(DatabaseError, InterfaceError):
         connection.close()
+
+
+class SpoolIngestionTimer:
+    """A daemon thread of the worker's main process that drains the spool every
+    ``DJCELERY_OPS_DEAD_LETTER_SPOOL_INGEST_INTERVAL`` seconds.
+
+    Without it a record spooled during an outage waits for the next failure, worker start
+    or command run. A round that finds no file costs one directory listing and no query.
+    Concurrent ingestions (pool children, other workers) are safe: each file is claimed
+    with a lock (``spool._claim``). The thread's connection is closed after each round.
+    """
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._run, name="djcelery_ops-spool-ingestion", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(float(ops_settings.DEAD_LETTER_SPOOL_INGEST_INTERVAL)):
+            try:
+                drain_spool_quietly()
+            except Exception:  # the timer must outlive any one round
+                logger.exception("spool ingestion round failed")
+            finally:
+                _drop_broken_connection()  # this thread's own connection
+
+
+spool_ingestion_timer = SpoolIngestionTimer()

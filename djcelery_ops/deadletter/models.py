@@ -69,6 +69,7 @@ class DeadLetter(models.Model):
         TOO_MANY_DELIVERIES = "too_many_deliveries", _("too many deliveries")
         IDEMPOTENCY_KEY_BUSY = "idempotency_key_busy", _("idempotency key busy too long")
         MALFORMED_MESSAGE = "malformed_message", _("malformed message")
+        COMMIT_UNKNOWN = "commit_unknown", _("commit outcome unknown")
 
     task_id = models.CharField(_("task id"), max_length=255, unique=True)
     task_name = models.CharField(_("task name"), max_length=255)

@@ -14,7 +14,11 @@ from typing import Any
 from celery import signals
 
 from djcelery_ops.conf import ops_settings
-from djcelery_ops.deadletter.capture import capture_failure, drain_spool_quietly
+from djcelery_ops.deadletter.capture import (
+    capture_failure,
+    drain_spool_quietly,
+    spool_ingestion_timer,
+)
 from djcelery_ops.deadletter.lineage import record_replay_success
 from djcelery_ops.deadletter.record import record_from_message, record_from_request
 from djcelery_ops.wire import REPLAY_HEADER
@@ -25,6 +29,7 @@ def connect() -> None:
     signals.task_unknown.connect(capture_unknown_task, dispatch_uid="djops.task_unknown")
     signals.task_rejected.connect(capture_rejected_message, dispatch_uid="djops.task_rejected")
     signals.worker_ready.connect(ingest_spool_at_start, dispatch_uid="djops.spool_at_start")
+    signals.worker_shutdown.connect(stop_spool_timer, dispatch_uid="djops.spool_timer_stop")
     signals.task_success.connect(resolve_replayed_task, dispatch_uid="djops.replay_success")
 
 
@@ -103,4 +108,10 @@ def resolve_replayed_task(sender: Any = None, **kwargs: Any) -> None:
 
 
 def ingest_spool_at_start(**kwargs: Any) -> None:
+    """Ingest what an earlier run left, then keep ingesting on a timer (main process)."""
     drain_spool_quietly()
+    spool_ingestion_timer.start()
+
+
+def stop_spool_timer(**kwargs: Any) -> None:
+    spool_ingestion_timer.stop()

@@ -9,11 +9,13 @@ database refuses is quarantined, never retried in front of the healthy ones.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import logging
 import os
 import tempfile
 import uuid
 from pathlib import Path
+from typing import BinaryIO
 
 from django.db import DatabaseError, DataError, IntegrityError, InterfaceError
 
@@ -58,6 +60,10 @@ def quarantine_dir() -> Path:
     return path
 
 
+def quarantined_files() -> list[Path]:
+    return sorted(quarantine_dir().glob("*.json"))
+
+
 @dataclasses.dataclass
 class IngestReport:
     ingested: int = 0
@@ -98,20 +104,42 @@ class _Unreadable(Exception):
 
 
 def _ingest_file(path: Path) -> int:
-    """Store one file's record and delete the file; 0 when another process took it first."""
+    """Store one file's record and delete the file; 0 when another ingestion has it.
+
+    The file is claimed with an exclusive ``flock`` held until it is deleted: ingestions
+    run at once in every process of a host (pool children, the worker's timer, the
+    command), and without the claim each of them stored the same file. The kernel drops
+    the lock of a process that dies, so a crash leaves the file to the next ingestion.
+    """
     from djcelery_ops.deadletter.store import store_record
 
     try:
-        text = path.read_text(encoding="utf-8")
+        handle = path.open("rb")
     except FileNotFoundError:
-        return 0  # ingested concurrently by another worker
-    try:
-        record = FailureRecord.from_json(text)
-    except (OSError, ValueError, TypeError) as error:
-        raise _Unreadable from error
-    store_record(record)
-    path.unlink(missing_ok=True)
+        return 0  # ingested concurrently by another process
+    with handle:
+        if not _claim(handle, path):
+            return 0
+        try:
+            record = FailureRecord.from_json(handle.read().decode("utf-8"))
+        except (OSError, ValueError, TypeError) as error:
+            raise _Unreadable from error
+        store_record(record)
+        path.unlink(missing_ok=True)
     return 1
+
+
+def _claim(handle: BinaryIO, path: Path) -> bool:
+    """Lock the open file; False when another ingestion holds it or has deleted it."""
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    try:
+        # Locked after the holder deleted it: this inode is no longer the spool's file.
+        return os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def quarantine(path: Path, reason: str) -> Path:

@@ -8,6 +8,7 @@ token it returns fences every later write.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -16,12 +17,13 @@ from datetime import timedelta
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.db.models.functions import Now
 
 from djcelery_ops.conf import ops_settings
 from djcelery_ops.db import Sql, column, now_plus_sql, now_sql, proposed, upsert
 from djcelery_ops.idempotency.models import IdempotencyKey
+from djcelery_ops.logs import log_event
 
 logger = logging.getLogger("djcelery_ops.idempotency")
 
@@ -152,21 +154,85 @@ def release(key: str, token: int) -> bool:
     return bool(rows.update(state=State.FAILED, lease_expires_at=None))
 
 
+class CommitOutcomeUnknown(Exception):
+    """The COMMIT of an atomic-mode task was sent, its answer lost, and the database could
+    not be reached to check whether it committed. Dead-lettered as ``commit_unknown``: a
+    replay runs the task if it did not commit and skips it as a duplicate if it did."""
+
+    def __init__(self, key: str, owner_task_id: str) -> None:
+        super().__init__(key, owner_task_id)  # picklable: args match __init__
+        self.key, self.owner_task_id = key, owner_task_id
+
+    def __str__(self) -> str:
+        return (
+            f"the commit of idempotency key {self.key!r} by task {self.owner_task_id} "
+            "may or may not have happened: its answer was lost and the database could not "
+            "be reached to check"
+        )
+
+
 def run_atomic(
     key: str, *, task_name: str, owner_task_id: str, body: Callable[[], Any]
 ) -> tuple[Claim, Any]:
     """Insert the key and run ``body`` in ONE transaction: its writes and the key commit
     together or not at all. A concurrent duplicate blocks on the unique index until this
-    transaction ends, then finds the key done (skips) or free (runs)."""
-    with transaction.atomic():
-        claim = claim_key(key, task_name=task_name, owner_task_id=owner_task_id, lease_seconds=None)
-        if not claim.claimed:
-            return claim, None
+    transaction ends, then finds the key done (skips) or free (runs).
+
+    A connection error raised by the COMMIT itself does not say whether it happened: the
+    key is then looked up on a new connection (``_verify_commit``).
+    """
+    committing = False  # True once only this transaction's COMMIT can raise
+    outermost = not connection.in_atomic_block
+    try:
+        with transaction.atomic():
+            claim = claim_key(
+                key, task_name=task_name, owner_task_id=owner_task_id, lease_seconds=None
+            )
+            if not claim.claimed:
+                return claim, None
+            assert claim.token is not None
+            result = body()
+            if result is not None:  # the claim stored a null result already: one write less
+                stored, ok = storable_result(result)
+                rows = IdempotencyKey.objects.filter(key=key, token=claim.token)
+                if not rows.update(result=stored, result_stored=ok, completed_at=Now()):
+                    raise RuntimeError(f"idempotency key {key!r} changed hands in its transaction")
+            committing = outermost
+            return claim, result
+    except (OperationalError, InterfaceError) as error:
+        if not committing:
+            raise
         assert claim.token is not None
-        result = body()
-        if result is not None:  # the claim stored a null result already: one write less
-            stored, ok = storable_result(result)
-            rows = IdempotencyKey.objects.filter(key=key, token=claim.token)
-            if not rows.update(result=stored, result_stored=ok, completed_at=Now()):
-                raise RuntimeError(f"idempotency key {key!r} changed hands in its transaction")
+        if not _verify_commit(key, claim.token, owner_task_id, error):
+            raise
+        log_event(
+            "idempotency.commit_verified", level=logging.WARNING, task_id=owner_task_id,
+            task_name=task_name, idempotency_key=key, commit_error=repr(error),
+        )  # fmt: skip
         return claim, result
+
+
+def _verify_commit(key: str, token: int, owner_task_id: str, error: Exception) -> bool:
+    """Whether the lost COMMIT happened: our token holds the key, done, on a new connection.
+
+    The row was inserted (or taken over) in the transaction that committed or not, so it is
+    there with our token exactly when it did. Unreachable: ``CommitOutcomeUnknown``.
+    """
+    _close_quietly()
+    try:
+        rows = IdempotencyKey.objects.filter(
+            key=key, token=token, owner_task_id=owner_task_id, state=State.DONE
+        )
+        return rows.exists()
+    except (OperationalError, InterfaceError) as check_error:
+        _close_quietly()
+        logger.error(
+            "idempotency key %s: COMMIT answer lost (%r), check failed (%r)",
+            key, error, check_error,
+        )  # fmt: skip
+        raise CommitOutcomeUnknown(key, owner_task_id) from error
+
+
+def _close_quietly() -> None:
+    with contextlib.suppress(DatabaseError, InterfaceError):
+        connection.close()

@@ -272,10 +272,13 @@ class OpsTask(Task):  # type: ignore[type-arg]
     def failure_reason(self, exc: BaseException) -> str:
         """Why this failure is final, as a ``DeadLetter.Reason`` value."""
         from djcelery_ops.deadletter.models import DeadLetter
+        from djcelery_ops.idempotency.claim import CommitOutcomeUnknown
         from djcelery_ops.idempotency.execution import IdempotencyKeyBusy
 
         if isinstance(exc, IdempotencyKeyBusy):
             return DeadLetter.Reason.IDEMPOTENCY_KEY_BUSY
+        if isinstance(exc, CommitOutcomeUnknown):
+            return DeadLetter.Reason.COMMIT_UNKNOWN
         if getattr(self.request, "djcelery_ops_retries_exhausted", False):
             return DeadLetter.Reason.RETRIES_EXHAUSTED
         if isinstance(exc, self.dead_letter_for):

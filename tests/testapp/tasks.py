@@ -395,3 +395,22 @@ def ops_echo_call(*args, **kwargs) -> None:
 def ops_record_call(self, *args, **kwargs) -> None:
     """One Effect per run, keyed by the repr of the call it received."""
     Effect.objects.create(key=repr((args, kwargs))[:200], task_id=self.request.id)
+
+
+# --- Reliability scenarios (tests/test_reliability_soak.py) -----------------------------------
+
+
+@ops_task(bind=True)
+def soak_effect(self, key: str, fail: bool) -> None:
+    """One Effect row, or a permanent failure (dead-lettered at once, never retried)."""
+    if fail:
+        raise PermanentError(f"{key} fails for good")
+    Effect.objects.create(key=key, task_id=self.request.id or "", worker_pid=os.getpid())
+
+
+@ops_task(bind=True, idempotency_key="soak:{key}")
+def idem_soak_effect(self, key: str, fail: bool) -> None:
+    """Like ``soak_effect``, atomic mode: a redelivery after a lost ack changes nothing."""
+    Effect.objects.create(key=key, task_id=self.request.id or "", worker_pid=os.getpid())
+    if fail:
+        raise PermanentError(f"{key} fails for good")  # rolls its Effect back with the key
