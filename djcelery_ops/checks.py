@@ -78,7 +78,9 @@ NON_NEGATIVE = frozenset(
         "DEAD_LETTER_REPLAY_RECOVER_AFTER",
     }
 )
-NON_EMPTY = frozenset({"RUNS_TENANT_HEADER", "BEAT_LEASE_NAME", "SCHEDULE_DEFAULT_TIMEZONE"})
+NON_EMPTY = frozenset(
+    {"RUNS_TENANT_HEADER", "BEAT_LEASE_NAME", "SCHEDULE_DEFAULT_TIMEZONE", "METRICS_TOKEN"}
+)
 # A pattern that does not compile would fail every log record and admin page.
 REGEX_LISTS = frozenset({"REDACT_PATTERNS"})
 

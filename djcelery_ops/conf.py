@@ -101,6 +101,10 @@ class OpsSettings:
     ]  # fmt: skip
     REDACT_PATTERNS: list[str] = [CARD_NUMBER_PATTERN]
 
+    # Metrics: a bearer token that opens the metrics view to a scraper (None: only users
+    # with the djcelery_ops.view_metrics permission).
+    METRICS_TOKEN: str | None = None
+
     def __init__(self) -> None:
         self._cache: dict[str, Any] = {}
         self._project_values: dict[str, Any] = {}
