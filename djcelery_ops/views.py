@@ -1,6 +1,8 @@
-"""Views a project includes (``path("ops/", include("djcelery_ops.urls"))``): metrics.
+"""Views a project includes (``path("ops/", include("djcelery_ops.urls"))``): metrics,
+health. Liveness (``health/live``) is open and says nothing but "ok"; readiness with its
+details (``health/ready``, 200 or 503) and the metrics are
 
-Refused to anyone but a request bearing ``DJCELERY_OPS_METRICS_TOKEN``
+refused to anyone but a request bearing ``DJCELERY_OPS_METRICS_TOKEN``
 (``Authorization: Bearer <token>``, for Prometheus) or a logged-in user with the
 ``djcelery_ops.view_metrics`` permission (superusers have it): counts of task names and
 queues tell an outsider more than a project means to publish.
@@ -10,12 +12,13 @@ from __future__ import annotations
 
 import hmac
 
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from djcelery_ops import metrics
 from djcelery_ops.conf import ops_settings
+from djcelery_ops.health import read_status
 
 PERMISSION = "djcelery_ops.view_metrics"
 
@@ -46,3 +49,19 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         )
     body, content_type = metrics.exposition()
     return HttpResponse(body, content_type=content_type)
+
+
+@never_cache
+@require_GET
+def liveness_view(request: HttpRequest) -> HttpResponse:
+    """The web process answers: no database, no broker, no data."""
+    return HttpResponse("ok\n", content_type="text/plain")
+
+
+@never_cache
+@require_GET
+def readiness_view(request: HttpRequest) -> HttpResponse:
+    if not may_read_operations(request):
+        return HttpResponse("Forbidden.\n", status=403, content_type="text/plain")
+    status = read_status()
+    return JsonResponse(status.as_dict(), status=200 if status.problem is None else 503)
