@@ -16,6 +16,7 @@ class DjceleryOpsConfig(AppConfig):
         from djcelery_ops import checks  # noqa: F401
         from djcelery_ops.deadletter import receivers as deadletter_receivers
         from djcelery_ops.idempotency import receivers as idempotency_receivers
+        from djcelery_ops.metrics import connect as connect_metrics
         from djcelery_ops.runs import receivers as runs_receivers
         from djcelery_ops.wire import stamp_queue_header
 
@@ -23,3 +24,4 @@ class DjceleryOpsConfig(AppConfig):
         deadletter_receivers.connect()
         idempotency_receivers.connect()
         runs_receivers.connect()
+        connect_metrics()  # only with the [prometheus] extra installed

@@ -21,6 +21,7 @@ unique across the app.
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 import zoneinfo
@@ -78,7 +79,11 @@ NON_NEGATIVE = frozenset(
         "DEAD_LETTER_REPLAY_RECOVER_AFTER",
     }
 )
-NON_EMPTY = frozenset({"RUNS_TENANT_HEADER", "BEAT_LEASE_NAME", "SCHEDULE_DEFAULT_TIMEZONE"})
+NON_EMPTY = frozenset(
+    {"RUNS_TENANT_HEADER", "BEAT_LEASE_NAME", "SCHEDULE_DEFAULT_TIMEZONE", "METRICS_TOKEN"}
+)
+# A pattern that does not compile would fail every log record and admin page.
+REGEX_LISTS = frozenset({"REDACT_PATTERNS"})
 
 Messages = list[checks.CheckMessage]
 
@@ -135,6 +140,17 @@ def _range_problem(name: str, value: Any) -> str | None:
         return "must not be empty"
     if name == "SCHEDULE_DEFAULT_TIMEZONE" and value not in zoneinfo.available_timezones():
         return "is not a timezone name of the IANA database"
+    if name in REGEX_LISTS:
+        return _regex_problem(value)
+    return None
+
+
+def _regex_problem(patterns: Sequence[Any]) -> str | None:
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as error:
+            return f"holds {pattern!r}, not a regular expression ({error})"
     return None
 
 

@@ -21,6 +21,8 @@ from django.core.signals import setting_changed
 PREFIX = "DJCELERY_OPS_"
 # What ``OpsSettings.project_value`` returns for a setting the project leaves unset.
 UNSET: Any = object()
+# 13 to 19 digits, maybe grouped by spaces or dashes, not inside a longer run of digits.
+CARD_NUMBER_PATTERN = r"(?<!\d)(?P<luhn>\d(?:[ -]?\d){12,18})(?!\d)"
 _instances: weakref.WeakSet[OpsSettings] = weakref.WeakSet()
 
 
@@ -91,6 +93,20 @@ class OpsSettings:
     # Seconds after which a replay committed but not confirmed published counts as
     # interrupted: ``replay_dead_letters`` publishes it again, with the same task id.
     DEAD_LETTER_REPLAY_RECOVER_AFTER: float = 60
+
+    # Secrets: what the admin pages and the log records of djcelery_ops never show (the
+    # stored dead letters keep the real values). Names match keys case-insensitively as
+    # substrings; patterns match values (a group named ``luhn`` must pass the Luhn check).
+    REDACT_KEYS: list[str] = [
+        "password", "passwd", "pwd", "secret", "token", "authorization", "api_key", "apikey",
+        "access_key", "private_key", "cookie", "session", "card_number", "cardnumber",
+        "credit_card", "cvv", "cvc", "iban",
+    ]  # fmt: skip
+    REDACT_PATTERNS: list[str] = [CARD_NUMBER_PATTERN]
+
+    # Metrics: a bearer token that opens the metrics view to a scraper (None: only users
+    # with the djcelery_ops.view_metrics permission).
+    METRICS_TOKEN: str | None = None
 
     def __init__(self) -> None:
         self._cache: dict[str, Any] = {}

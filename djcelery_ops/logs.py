@@ -1,5 +1,9 @@
 """Structured logs: every event carries its fields in ``record.ops``, ready for JSON.
 
+The fields go through ``djcelery_ops.redact.redact`` first (``DJCELERY_OPS_REDACT_KEYS``
+and ``DJCELERY_OPS_REDACT_PATTERNS``), and the JSON formatter masks card-like values in
+any message it formats.
+
 Use ``djcelery_ops.logs.JsonFormatter`` on a handler to get one JSON object a line::
 
     LOGGING["formatters"]["json"] = {"()": "djcelery_ops.logs.JsonFormatter"}
@@ -12,6 +16,8 @@ import datetime
 import json
 import logging
 from typing import Any
+
+from djcelery_ops.redact import redact, redact_text
 
 logger = logging.getLogger("djcelery_ops.task")
 
@@ -26,6 +32,8 @@ def log_event(event: str, source: Any = None, *, level: int = logging.INFO, **fi
     if dataclasses.is_dataclass(source):
         data.update({name: getattr(source, name) for name in _RECORD_FIELDS})
     data.update(fields)
+    # Secrets never reach a handler: keys like "password" and card-like values are masked.
+    data = redact(data)
     summary = " ".join(f"{key}={value}" for key, value in data.items() if key != "event")
     logger.log(level, "%s %s", event, summary, extra={"ops": data})
 
@@ -38,7 +46,7 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact_text(record.getMessage()),
         }
         payload.update(getattr(record, "ops", {}))
         if record.exc_info:

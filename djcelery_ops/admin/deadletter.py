@@ -30,11 +30,13 @@ from djcelery_ops.admin.forms import EditReplayForm, ReasonForm
 from djcelery_ops.admin.mixins import ReadOnlyAdminMixin
 from djcelery_ops.deadletter import services as service
 from djcelery_ops.deadletter.models import DeadLetter
+from djcelery_ops.redact import redact, redact_text
 
 
 def _pretty(value: Any) -> SafeString:
-    # format_html escapes the JSON: args are user data and may hold markup.
-    return format_html("<pre>{}</pre>", json.dumps(value, indent=2, sort_keys=True))
+    # format_html escapes the JSON: args are user data and may hold markup. Secrets are
+    # shown redacted; the row keeps them for replay.
+    return format_html("<pre>{}</pre>", json.dumps(redact(value), indent=2, sort_keys=True))
 
 
 def _edit_initial(letter: DeadLetter) -> dict[str, str]:
@@ -42,7 +44,8 @@ def _edit_initial(letter: DeadLetter) -> dict[str, str]:
     # publishing the marker as the task's arguments.
     if letter.payload_truncated:
         return {}
-    return {"args": json.dumps(letter.args), "kwargs": json.dumps(letter.kwargs)}
+    # Shown redacted: the form puts the stored values back where the operator left them.
+    return {"args": json.dumps(redact(letter.args)), "kwargs": json.dumps(redact(letter.kwargs))}
 
 
 _TITLES = {
@@ -92,7 +95,7 @@ class DeadLetterAdmin(ReadOnlyAdminMixin[DeadLetter]):
         (None, {"fields": ["task_name", "task_id", "status", "reason", "occurrences"]}),
         (
             _("Failure"),
-            {"fields": ["exception_class", "exception_message", "pretty_traceback", "retries"]},
+            {"fields": ["exception_class", "shown_message", "pretty_traceback", "retries"]},
         ),
         (
             _("Call"),
@@ -129,8 +132,12 @@ class DeadLetterAdmin(ReadOnlyAdminMixin[DeadLetter]):
 
     @admin.display(description=_("message"))
     def short_message(self, obj: DeadLetter) -> str:
-        message = obj.exception_message
+        message = redact_text(obj.exception_message)
         return message if len(message) <= 80 else message[:79] + "…"
+
+    @admin.display(description=_("exception message"))
+    def shown_message(self, obj: DeadLetter) -> str:
+        return redact_text(obj.exception_message)
 
     @admin.display(description=_("args"))
     def pretty_args(self, obj: DeadLetter) -> SafeString:
@@ -146,7 +153,7 @@ class DeadLetterAdmin(ReadOnlyAdminMixin[DeadLetter]):
 
     @admin.display(description=_("traceback"))
     def pretty_traceback(self, obj: DeadLetter) -> SafeString:
-        return format_html("<pre>{}</pre>", obj.traceback)
+        return format_html("<pre>{}</pre>", redact_text(obj.traceback))
 
     @admin.display(description=_("replay of"))
     def replay_of_link(self, obj: DeadLetter) -> str:
@@ -168,7 +175,7 @@ class DeadLetterAdmin(ReadOnlyAdminMixin[DeadLetter]):
             _("when"), _("by"), _("reason"), _("new task id"), _("outcome"), _("edits"),
             format_html_join(
                 "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                ((when, by, why, task_id, outcome, json.dumps(edits) if edits else "")
+                ((when, by, why, task_id, outcome, json.dumps(redact(edits)) if edits else "")
                  for when, by, why, task_id, outcome, edits in rows),
             ),
         )  # fmt: skip
@@ -347,8 +354,9 @@ class DeadLetterAdmin(ReadOnlyAdminMixin[DeadLetter]):
             raise Http404(_("No dead letter with this id."))
         change_url = reverse("admin:djcelery_ops_deadletter_change", args=[letter.pk])
         form = EditReplayForm(
-            request.POST or None, initial=_edit_initial(letter), truncated=letter.payload_truncated
-        )
+            request.POST or None, initial=_edit_initial(letter), truncated=letter.payload_truncated,
+            stored=letter,
+        )  # fmt: skip
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data
             try:

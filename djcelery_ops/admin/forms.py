@@ -11,6 +11,7 @@ from django import forms
 from django.utils.translation import gettext_lazy as _
 
 from djcelery_ops.conf import ops_settings
+from djcelery_ops.redact import REDACTED, UnrestoredPlaceholder, restore
 
 # Deeper than any real task argument, shallow enough for every JSON parser on the way
 # (Python's json recursion, kombu, PostgreSQL's jsonb).
@@ -96,11 +97,16 @@ class EditReplayForm(ReasonForm):
         help_text=_("Empty: the queue the task was published to."),
     )
 
-    def __init__(self, *args: Any, truncated: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, truncated: bool = False, stored: Any = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         # A truncated dead letter stores a marked preview, not the call: the operator
         # types the complete arguments; the marker must never be published as one.
         self.truncated = truncated
+        # The dead letter whose stored args/kwargs replace the "[redacted]" placeholders
+        # the form showed, where the operator left them as shown.
+        self.stored = stored
 
     def _json(self, name: str, kind: type, kind_name: str) -> Any:
         text = self.cleaned_data[name]
@@ -113,7 +119,20 @@ class EditReplayForm(ReasonForm):
         if not isinstance(value, kind):
             raise forms.ValidationError(_("Must be a JSON %(kind)s."), params={"kind": kind_name})
         _check_values(value, marker_allowed=not self.truncated)
-        return value
+        return self._unredact(name, value)
+
+    def _unredact(self, name: str, value: Any) -> Any:
+        original = getattr(self.stored, name, None) if not self.truncated else None
+        try:
+            return restore(value, original)
+        except UnrestoredPlaceholder:
+            raise forms.ValidationError(
+                _(
+                    "%(placeholder)s stands for a stored secret only where it was shown: "
+                    "type the value here."
+                ),
+                params={"placeholder": REDACTED},
+            ) from None
 
     def clean_args(self) -> list[Any]:
         value: list[Any] = self._json("args", list, "list")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 from typing import Any
 
 from django.contrib import admin
@@ -18,12 +19,15 @@ from django.utils.translation import gettext_lazy as _
 
 from djcelery_ops.admin.dashboard import dashboard_view
 from djcelery_ops.admin.mixins import ReadOnlyAdminMixin
+from djcelery_ops.redact import redact, redact_text
 from djcelery_ops.runs.models import TaskRun
 from djcelery_ops.runs.stats import distinct_values
 
 COUNT_CAP = 10_000
 LINEAGE_FIELDS = ("parent_link", "root_link", "children_links", "dead_letter_link")
-ROUTING_FIELDS = ("queue", "worker_hostname", "periodic_task_name", "args_digest", "args", "kwargs")
+ROUTING_FIELDS = (
+    "queue", "worker_hostname", "periodic_task_name", "args_digest", "shown_args", "shown_kwargs",
+)  # fmt: skip
 CHILDREN_SHOWN = 50
 
 
@@ -113,7 +117,7 @@ class TaskRunAdmin(ReadOnlyAdminMixin[TaskRun]):
     fieldsets = [
         (None, {"fields": ["task_name", "task_id", "state", "retries", "tenant"]}),
         (_("Timing"), {"fields": ["received_at", "started_at", "finished_at", "runtime"]}),
-        (_("Outcome"), {"fields": ["exception_class", "exception_message"]}),
+        (_("Outcome"), {"fields": ["exception_class", "shown_message"]}),
         (_("Lineage"), {"fields": LINEAGE_FIELDS}),
         (_("Routing and call"), {"fields": ROUTING_FIELDS}),
     ]
@@ -144,6 +148,19 @@ class TaskRunAdmin(ReadOnlyAdminMixin[TaskRun]):
 
             raise PermissionDenied
         return dashboard_view(request, context)
+
+    # Stored arguments (DJCELERY_OPS_RUNS_STORE_ARGS) and messages are shown redacted.
+    @admin.display(description=_("args"))
+    def shown_args(self, obj: TaskRun) -> str:
+        return "-" if obj.args is None else json.dumps(redact(obj.args))
+
+    @admin.display(description=_("kwargs"))
+    def shown_kwargs(self, obj: TaskRun) -> str:
+        return "-" if obj.kwargs is None else json.dumps(redact(obj.kwargs))
+
+    @admin.display(description=_("exception message"))
+    def shown_message(self, obj: TaskRun) -> str:
+        return redact_text(obj.exception_message)
 
     @admin.display(description=_("runtime"), ordering="runtime")
     def runtime_display(self, obj: TaskRun) -> str:

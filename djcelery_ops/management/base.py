@@ -33,6 +33,7 @@ EXIT_STOPPED_BY_GUARD = 2
 EXIT_BROKER_UNREACHABLE = 3
 EXIT_INTERRUPTED = 4
 EXIT_DATABASE_UNREACHABLE = 5  # lost the database mid-run: part done, the summary says what
+EXIT_UNHEALTHY = 6  # celery_ops_status --health: the reason is on one line
 
 MAX_IDS = 10_000
 

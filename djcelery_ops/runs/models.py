@@ -116,6 +116,8 @@ class TaskRun(models.Model):
         verbose_name = _("task run")
         verbose_name_plural = _("task runs")
         ordering = ["-id"]
+        # Reading the Prometheus metrics and the health details (djcelery_ops.views).
+        permissions = [("view_metrics", _("Can view task metrics and health details"))]
         constraints = [models.UniqueConstraint(fields=["task_id"], name="djops_run_task_id_uniq")]
         # Each index costs every insert; a random key (a task id) costs the most, because
         # it lands on a random page of a large index. Only the task-id index must be one.

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json as _json
 from collections.abc import Callable
 from typing import Any
 
+from django.core.management.base import CommandError, CommandParser
+
 from djcelery_ops.conf import ops_settings
 from djcelery_ops.deadletter.spool import quarantined_files, spool_dir, spooled_files
-from djcelery_ops.management.base import OpsCommand
+from djcelery_ops.health import Status, read_status
+from djcelery_ops.management.base import EXIT_UNHEALTHY, OpsCommand
 from djcelery_ops.schedules.leader import lease_state
 
 
@@ -44,10 +48,62 @@ def spool_lines() -> list[str]:
 SECTIONS: list[Callable[[], list[str]]] = [beat_leader_lines, spool_lines]
 
 
-class Command(OpsCommand):
-    help = "Show the operational state of djcelery_ops (beat leader, dead-letter spool)."
+def health_lines(status: Status) -> list[str]:
+    letters = ", ".join(f"{state} {n}" for state, n in sorted(status.dead_letters.items()))
+    lines = [
+        f"Broker: {'reachable' if status.broker is None else 'unreachable: ' + status.broker}",
+        f"Workers answering: {len(status.workers)}"
+        + (f" ({', '.join(status.workers)})" if status.workers else ""),
+        f"Dead letters: {letters or 'none'}",
+    ]
+    lines += [
+        f"  {group['letters']} pending: {group['task_name']} {group['exception_class']} "
+        f"[{group['fingerprint'][:12]}]"
+        for group in status.top_groups
+    ]
+    lines += [
+        f"Stuck runs (started, past twice the time limit): {status.stuck_runs}",
+        f"Interrupted replays (replay_dead_letters --recover): {status.interrupted_replays}",
+    ]
+    return lines
 
-    def handle(self, **_: Any) -> None:
+
+class Command(OpsCommand):
+    help = (
+        "Show the operational state of djcelery_ops: broker, workers, dead letters, beat "
+        "leader, dead-letter spool, stuck runs, interrupted replays (--health, --json). "
+        "Exits 6 when unhealthy."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--health",
+            action="store_true",
+            help="Also probe the broker and the workers, count dead letters, stuck runs and "
+            "interrupted replays; exit 6 with the reason when unhealthy.",
+        )
+        parser.add_argument("--json", action="store_true", help="--health as one JSON object.")
+        parser.add_argument(
+            "--timeout", type=float, default=1.0, help="Seconds for the broker and the ping."
+        )
+
+    def handle(
+        self, *, health: bool = False, json: bool = False, timeout: float = 1.0, **_: Any
+    ) -> None:
+        if not (health or json):
+            self._write_sections()
+            return
+        status = read_status(timeout=timeout)
+        if json:
+            self.stdout.write(_json.dumps(status.as_dict(), default=str, sort_keys=True))
+        else:
+            for line in health_lines(status):
+                self.stdout.write(line)
+            self._write_sections()
+        if status.problem is not None:
+            raise CommandError(f"unhealthy: {status.problem}", returncode=EXIT_UNHEALTHY)
+
+    def _write_sections(self) -> None:
         for section in SECTIONS:
             for line in section():
                 self.stdout.write(line)
