@@ -7,6 +7,7 @@
 | E004  | ``DJCELERY_OPS_IDEMPOTENCY_DEFAULT_MODE`` is not a mode               |
 | E005  | ``DJCELERY_OPS_DEAD_LETTER_CELERY_APP`` does not name a Celery app    |
 | E006  | djcelery_ops' tables are on a database other than PostgreSQL / SQLite |
+| E007  | the current Celery app is Celery's fallback app or has no broker URL  |
 | E101  | a schedule declaration is invalid                                     |
 | W001  | no spool directory (``--deploy`` only)                                |
 | W002  | on Redis, the hard time limit is not below the visibility timeout     |
@@ -249,6 +250,35 @@ def check_database_vendor(
         )
         for alias in sorted(aliases)
         if connections[alias].vendor not in SUPPORTED_VENDORS
+    ]
+
+
+@checks.register(checks.Tags.compatibility)
+def check_project_celery_app(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> Messages:
+    """Without the project's app loaded, replay and "run now" would publish with Celery's
+    fallback app to its default broker (amqp on localhost) and report success."""
+    from celery import current_app
+
+    from djcelery_ops.deadletter.outbox import celery_app_problem
+
+    problem = celery_app_problem(current_app)
+    if problem is None:
+        return []
+    fallback = "fallback app" in problem
+    return [
+        checks.Error(
+            f"{problem[0].upper()}{problem[1:]}.",
+            hint=(
+                "Load it with Django: in the project's __init__.py, "
+                "`from .celery import app as celery_app`."
+                if fallback
+                else "Set CELERY_BROKER_URL (read by app.config_from_object("
+                '"django.conf:settings", namespace="CELERY")).'
+            ),
+            id="djcelery_ops.E007",
+        )
     ]
 
 
