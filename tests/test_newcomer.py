@@ -9,7 +9,6 @@ import logging
 import re
 import subprocess
 import sys
-import textwrap
 from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
@@ -21,6 +20,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
+from djcelery_ops import TransientError, ops_task
 from djcelery_ops import checks as ops_checks
 from djcelery_ops.models import DeadLetter
 from djcelery_ops.schedules.run_now import run_now
@@ -95,3 +95,66 @@ def test_run_now__refuses_to_send_with_celery_fallback_app():
     task = PeriodicTask.objects.create(name="daily", task="x", interval=interval)
     with current_celery_app(None), pytest.raises(ImproperlyConfigured, match="fallback app"):
         run_now(task, requested_by="admin")
+
+
+# --- Item 2: retry_for and the exception class in the logs ---------------------------------
+
+requests = pytest.importorskip("requests")
+
+
+@ops_task(retry_for=(TransientError, requests.ConnectionError, requests.Timeout), max_retries=1)
+def call_refusing_endpoint() -> None:
+    raise requests.ConnectionError("[Errno 111] Connection refused")
+
+
+def test_retry_for__requests_connection_error_is_not_the_builtin_one():
+    # Why the README lists requests.ConnectionError: the default retry_for misses it.
+    assert not issubclass(requests.ConnectionError, ConnectionError)
+    assert not issubclass(requests.Timeout, TimeoutError)
+
+
+@pytest.mark.django_db
+def test_task_logs__name_the_exception_class_with_its_module(caplog):
+    caplog.set_level(logging.INFO, logger="djcelery_ops")
+    call_refusing_endpoint.apply()
+    events = {r.ops["event"]: r.ops["exception_class"] for r in caplog.records if hasattr(r, "ops")}
+    assert events["task.retry"] == "requests.exceptions.ConnectionError"
+    assert events["task.failed"] == "requests.exceptions.ConnectionError"
+    assert "exception_class=requests.exceptions.ConnectionError" in caplog.text
+    assert DeadLetter.objects.get().exception_class == "requests.exceptions.ConnectionError"
+
+
+# --- Item 3: the README's LOGGING block, pasted as is -------------------------------------
+
+LOGGING_PROBE = """
+import json, logging, logging.config, sys
+# Celery's modules create their loggers at import, before Django applies LOGGING.
+celery_logger = logging.getLogger("celery.worker.consumer")
+namespace = {}
+exec(sys.stdin.read(), namespace)
+logging.config.dictConfig(namespace["LOGGING"])
+# Then the worker gives the root logger a handler (worker_hijack_root_logger).
+root = logging.getLogger()
+root.addHandler(logging.StreamHandler())
+root.setLevel(logging.INFO)
+from djcelery_ops.logs import log_event
+log_event("task.succeeded", task_id="t-1", task_name="proj.tasks.ping")
+celery_logger.warning("Connected to redis://127.0.0.1:6379/0")
+"""
+
+
+def test_readme_logging__each_line_once_and_celery_lines_kept():
+    block = python_block_after("logging-block")
+    result = subprocess.run(
+        [sys.executable, "-c", LOGGING_PROBE],
+        input=block,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=True,
+    )
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2, lines
+    assert json.loads(lines[0])["event"] == "task.succeeded"
+    assert lines[1] == "Connected to redis://127.0.0.1:6379/0"
