@@ -9,6 +9,7 @@ import logging
 import re
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
@@ -45,9 +46,9 @@ def current_celery_app(app: Celery | None) -> Iterator[None]:
 
 def python_block_after(marker: str) -> str:
     """The python block that follows ``<!-- marker -->`` in the README."""
-    match = re.search(rf"<!-- {marker} -->\s*```python\n(.*?)```", README, re.S)
+    match = re.search(rf"<!-- {marker} -->\s*```python\n(.*?)\n *```", README, re.S)
     assert match, f"README has no python block after <!-- {marker} -->"
-    return match.group(1)
+    return textwrap.dedent(match.group(1)) + "\n"
 
 
 # --- Item 4: the project's Celery app must be loaded -------------------------------------
@@ -158,3 +159,51 @@ def test_readme_logging__each_line_once_and_celery_lines_kept():
     assert len(lines) == 2, lines
     assert json.loads(lines[0])["event"] == "task.succeeded"
     assert lines[1] == "Connected to redis://127.0.0.1:6379/0"
+
+
+# --- Item 5: the README's installation, pasted into a new project -------------------------
+
+
+def readme_project(tmp_path: Path, *, load_celery_app: bool = True) -> Path:
+    """``startproject proj``, then the README's steps 1 to 3 as they are written."""
+    subprocess.run(
+        [sys.executable, "-m", "django", "startproject", "proj", str(tmp_path)],
+        check=True,
+        timeout=60,
+    )
+    package = tmp_path / "proj"
+    (package / "celery.py").write_text(python_block_after("celery-app-block"))
+    if load_celery_app:
+        (package / "__init__.py").write_text(python_block_after("init-block"))
+    with (package / "settings.py").open("a") as settings_file:
+        settings_file.write(
+            '\nINSTALLED_APPS += ["django_celery_beat", "django_celery_results", "djcelery_ops"]\n'
+        )
+        settings_file.write(python_block_after("settings-block"))
+    return tmp_path
+
+
+def check_deploy(project: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy"],
+        cwd=project,
+        env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_readme_settings__check_deploy_reports_nothing_of_djcelery_ops(tmp_path):
+    result = check_deploy(readme_project(tmp_path))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "security.W" in output  # Django's own deploy checks did run
+    assert "djcelery_ops." not in output
+
+
+def test_readme_settings__without_the_init_import_e007_stops_check(tmp_path):
+    result = check_deploy(readme_project(tmp_path, load_celery_app=False))
+    assert result.returncode == 1
+    assert "djcelery_ops.E007" in result.stderr
+    assert "from .celery import app as celery_app" in result.stderr
