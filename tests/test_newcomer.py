@@ -207,3 +207,27 @@ def test_readme_settings__without_the_init_import_e007_stops_check(tmp_path):
     assert result.returncode == 1
     assert "djcelery_ops.E007" in result.stderr
     assert "from .celery import app as celery_app" in result.stderr
+
+
+# --- Friction: one beat identity per process -----------------------------------------------
+
+
+@pytest.mark.django_db
+def test_beat_banner__shows_the_identity_that_then_leads(monkeypatch):
+    from celery.beat import Service
+
+    from djcelery_ops.schedules import scheduler as scheduler_module
+    from tests.celery_app import app
+
+    monkeypatch.setattr(scheduler_module, "_process_holders", {}, raising=False)
+    monkeypatch.setattr(scheduler_module, "_taken_holders", set(), raising=False)
+    settings_name = "djcelery_ops.schedules.scheduler:LockedDatabaseScheduler"
+    service = Service(app, scheduler_cls=settings_name)
+    # What ``celery beat`` does: a throwaway lazy scheduler for the banner, then its own.
+    banner = service.get_scheduler(lazy=True).info
+    running = service.get_scheduler(lazy=True)
+    assert running.hold_lease()
+    assert f"(standby, {running.lease_holder})" in banner
+    other = service.get_scheduler(lazy=True)  # a second scheduler in one process contends
+    assert other.lease_holder != running.lease_holder
+    assert not other.hold_lease()

@@ -17,6 +17,7 @@ one holding the lease dispatches, the others poll the lease and take over when i
 from __future__ import annotations
 
 import logging
+import os
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -60,11 +61,33 @@ def schedule_slot_key(entry: Any) -> str:
     return f"{entry.name}@{schedule_slot(entry).astimezone(UTC).isoformat()}"
 
 
+# One lease identity per beat process: ``celery beat`` builds a throwaway scheduler for its
+# banner before the one that runs, and the banner must name the id the leader logs.
+_process_holders: dict[int, str] = {}
+_taken_holders: set[str] = set()
+
+
+def _process_holder_id() -> str:
+    return _process_holders.setdefault(os.getpid(), leader.make_holder_id())
+
+
 class LockedDatabaseScheduler(DatabaseScheduler):  # type: ignore[misc]
     """A DatabaseScheduler that dispatches only while it holds the leader lease."""
 
+    _lease_holder: str | None = None
+
+    @property
+    def lease_holder(self) -> str:
+        """The process's id, taken by the first scheduler that uses it (a second one in the
+        same process, as in tests, gets an id of its own)."""
+        if self._lease_holder is None:
+            holder = _process_holder_id()
+            holder = leader.make_holder_id() if holder in _taken_holders else holder
+            _taken_holders.add(holder)
+            self._lease_holder = holder
+        return self._lease_holder
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.lease_holder = leader.make_holder_id()
         self.is_leader = False
         self._lease_valid_until = 0.0
         self._renew_at = 0.0
@@ -180,7 +203,8 @@ class LockedDatabaseScheduler(DatabaseScheduler):  # type: ignore[misc]
     @property
     def info(self) -> str:
         role = "leader" if self.is_leader else "standby"
-        return f"    . lease -> {ops_settings.BEAT_LEASE_NAME} ({role}, {self.lease_holder})"
+        holder = self._lease_holder or _process_holder_id()  # the banner takes no id
+        return f"    . lease -> {ops_settings.BEAT_LEASE_NAME} ({role}, {holder})"
 
 
 __all__ = ["LockedDatabaseScheduler", "schedule_slot", "schedule_slot_key"]
