@@ -397,24 +397,44 @@ def check_lease_seconds(app_configs: Sequence[AppConfig] | None = None, **kwargs
     ]
 
 
+_discovering_tasks = False
+
+
+def _known_task_names() -> set[str] | None:
+    """The project's task names; ``None`` when they cannot be known here: without the
+    project's Celery app (E007), or when Celery's Django fixup runs the checks from inside
+    the task discovery this starts (it does, before importing task modules)."""
+    global _discovering_tasks
+    from celery import current_app
+
+    from djcelery_ops.deadletter.outbox import celery_app_problem
+    from djcelery_ops.schedules.sync import known_task_names
+
+    if _discovering_tasks or celery_app_problem(current_app) is not None:
+        return None
+    _discovering_tasks = True
+    try:
+        return known_task_names()
+    finally:
+        _discovering_tasks = False
+
+
 @checks.register(checks.Tags.compatibility)
 def check_schedule_declarations(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> Messages:
-    """Declarations are validated here too (task names only by ``sync_celery_schedules``)."""
-    from djcelery_ops.schedules.declarations import DeclarationError, load_schedules
+    """Every problem of every declaration, task names included once the project's Celery
+    app is loaded (without it, E007, only Celery's own tasks would be known)."""
+    from djcelery_ops.schedules.declarations import load_and_check_schedules
 
     if not has_setting_type("SCHEDULES", ops_settings.SCHEDULES):
         return []  # E002
-    try:
-        load_schedules()
-    except DeclarationError as exc:
-        return [
-            checks.Error(
-                error,
-                hint=f"Fix {PREFIX}SCHEDULES; sync_celery_schedules writes nothing until then.",
-                id="djcelery_ops.E101",
-            )
-            for error in exc.errors
-        ]
-    return []
+    _valid, errors = load_and_check_schedules(known_tasks=_known_task_names())
+    return [
+        checks.Error(
+            error,
+            hint=f"Fix {PREFIX}SCHEDULES; sync_celery_schedules writes nothing until then.",
+            id="djcelery_ops.E101",
+        )
+        for error in errors
+    ]

@@ -231,3 +231,53 @@ def test_beat_banner__shows_the_identity_that_then_leads(monkeypatch):
     other = service.get_scheduler(lazy=True)  # a second scheduler in one process contends
     assert other.lease_holder != running.lease_holder
     assert not other.hold_lease()
+
+
+# --- Friction: every schedule problem in one pass --------------------------------------------
+
+TASK = "tests.testapp.tasks.ops_add"
+BROKEN_SCHEDULES = [
+    {"name": "ok", "task": TASK, "interval": 60},
+    {"name": "ghost", "task": "shop.tasks.gone", "interval": 60},
+    {"name": "dup", "task": TASK, "interval": "every minute"},
+    {"name": "dup", "task": TASK, "crontab": 5},
+    {"task": TASK, "interval": 60, "kwrags": {}},
+    {"name": "ok", "task": TASK, "interval": 30, "timezone": 1},
+]
+EXPECTED_PROBLEMS = [
+    "schedule 'ghost': unknown task 'shop.tasks.gone' (not registered with the Celery app)",
+    "schedule 'dup': interval must be seconds (a number) or a timedelta, got 'every minute'",
+    "schedule 'dup': crontab must be a string like '0 3 * * *', got 5",
+    "schedule '#4': unknown field(s) kwrags",
+    "schedule '#4': missing name",
+    "schedule 'ok': unknown timezone 1",
+    "schedule 'ok': declared more than once (2 times)",
+    "schedule 'dup': declared more than once (2 times)",
+]
+
+
+def test_e101__lists_every_problem_unknown_tasks_and_duplicates_included(settings):
+    settings.DJCELERY_OPS_SCHEDULES = BROKEN_SCHEDULES
+    errors = ops_checks.check_schedule_declarations()
+    assert {e.id for e in errors} == {"djcelery_ops.E101"}
+    assert [e.msg for e in errors] == EXPECTED_PROBLEMS
+
+
+@pytest.mark.django_db
+def test_sync__lists_every_problem_and_the_names_admin_rows_hold_in_one_pass(settings):
+    interval = IntervalSchedule.objects.create(every=1, period=IntervalSchedule.DAYS)
+    PeriodicTask.objects.create(name="handmade", task=TASK, interval=interval)
+    settings.DJCELERY_OPS_SCHEDULES = [
+        *BROKEN_SCHEDULES,
+        {"name": "handmade", "task": TASK, "interval": 60},
+    ]
+    with pytest.raises(CommandError) as raised:
+        call_command("sync_celery_schedules", stdout=StringIO())
+    assert str(raised.value).splitlines() == [
+        "Invalid schedules, nothing written:",
+        *EXPECTED_PROBLEMS,
+        "schedule 'handmade': a periodic task of that name exists and was not created by "
+        "sync_celery_schedules; rename the declaration, delete the row, or use --force to "
+        "adopt it",
+    ]
+    assert PeriodicTask.objects.count() == 1

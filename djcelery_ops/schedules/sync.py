@@ -24,7 +24,11 @@ from django_celery_beat.models import (
     PeriodicTasks,
 )
 
-from djcelery_ops.schedules.declarations import DeclarationError, Schedule, load_schedules
+from djcelery_ops.schedules.declarations import (
+    DeclarationError,
+    Schedule,
+    load_and_check_schedules,
+)
 from djcelery_ops.schedules.models import ManagedSchedule
 
 Action = Literal[
@@ -61,8 +65,18 @@ def known_task_names() -> set[str]:
 
 
 def plan_from_settings(*, prune: bool, force: bool) -> list[Change]:
-    """Load and validate ``DJCELERY_OPS_SCHEDULES`` and plan its sync."""
-    return plan_sync(load_schedules(known_tasks=known_task_names()), prune=prune, force=force)
+    """Load and validate ``DJCELERY_OPS_SCHEDULES`` and plan its sync.
+
+    Raises ``DeclarationError`` with every problem at once: those of the declarations and
+    the names taken by admin rows (planned from the valid declarations)."""
+    schedules, errors = load_and_check_schedules(known_tasks=known_task_names())
+    try:
+        changes = plan_sync(schedules, prune=prune, force=force)
+    except DeclarationError as exc:
+        errors += exc.errors
+    if errors:
+        raise DeclarationError(errors)
+    return changes
 
 
 def plan_sync(schedules: list[Schedule], *, prune: bool, force: bool) -> list[Change]:
