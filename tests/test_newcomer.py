@@ -117,12 +117,13 @@ def test_retry_for__requests_connection_error_is_not_the_builtin_one():
 @pytest.mark.django_db
 def test_task_logs__name_the_exception_class_with_its_module(caplog):
     caplog.set_level(logging.INFO, logger="djcelery_ops")
-    call_refusing_endpoint.apply()
+    result = call_refusing_endpoint.apply()
     events = {r.ops["event"]: r.ops["exception_class"] for r in caplog.records if hasattr(r, "ops")}
     assert events["task.retry"] == "requests.exceptions.ConnectionError"
     assert events["task.failed"] == "requests.exceptions.ConnectionError"
     assert "exception_class=requests.exceptions.ConnectionError" in caplog.text
-    assert DeadLetter.objects.get().exception_class == "requests.exceptions.ConnectionError"
+    letter = DeadLetter.objects.get(task_id=result.id)
+    assert letter.exception_class == "requests.exceptions.ConnectionError"
 
 
 # --- Item 3: the README's LOGGING block, pasted as is -------------------------------------
@@ -281,3 +282,22 @@ def test_sync__lists_every_problem_and_the_names_admin_rows_hold_in_one_pass(set
         "adopt it",
     ]
     assert PeriodicTask.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_sync_dry_run__shows_each_changed_value_old_and_new(settings):
+    declared = {"name": "nightly", "task": TASK, "crontab": "0 3 * * *", "kwargs": {"key": "v1"}}
+    settings.DJCELERY_OPS_SCHEDULES = [declared]
+    call_command("sync_celery_schedules", stdout=StringIO())
+    settings.DJCELERY_OPS_SCHEDULES = [
+        {**declared, "kwargs": {"key": "v2"}, "crontab": "30 4 * * *", "queue": "low"}
+    ]
+    out = StringIO()
+    call_command("sync_celery_schedules", "--dry-run", stdout=out)
+    assert out.getvalue() == (
+        "Would update nightly: schedule, kwargs, queue\n"
+        '  schedule: "crontab 0 3 * * * UTC" -> "crontab 30 4 * * * UTC"\n'
+        '  kwargs: {"key": "v1"} -> {"key": "v2"}\n'
+        '  queue: null -> "low"\n'
+        "Would sync 1 schedule: 1 update.\n"
+    )

@@ -52,6 +52,8 @@ class Change:
     name: str
     fields: tuple[str, ...] = ()
     schedule: Schedule | None = None
+    # (field, value in the row, value sync writes) of each field a write changes.
+    values: tuple[tuple[str, Any, Any], ...] = ()
 
     @property
     def writes(self) -> bool:
@@ -105,14 +107,16 @@ def _plan_one(schedule: Schedule, task: PeriodicTask | None, *, force: bool) -> 
         return Change("create", schedule.name, schedule=schedule)
     current, desired = row_values(task), declared_values(schedule)
     managed = getattr(task, "djcelery_ops_managed", None)
+    fields = differing(current, desired)
+    values = tuple((name, current.get(name), desired[name]) for name in fields)
     if managed is None:
-        return Change("adopt", schedule.name, differing(current, desired), schedule)
+        return Change("adopt", schedule.name, fields, schedule, values)
     if current == desired:
         return Change("unchanged", schedule.name, schedule=schedule)
     if current == managed.synced_values:
-        return Change("update", schedule.name, differing(current, desired), schedule)
+        return Change("update", schedule.name, fields, schedule, values)
     if force:
-        return Change("overwrite", schedule.name, differing(current, desired), schedule)
+        return Change("overwrite", schedule.name, fields, schedule, values)
     return Change("drift", schedule.name, differing(managed.synced_values, current), schedule)
 
 
