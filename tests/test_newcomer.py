@@ -15,6 +15,7 @@ from io import StringIO
 from pathlib import Path
 
 import pytest
+import requests
 from celery import Celery
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
@@ -99,8 +100,6 @@ def test_run_now__refuses_to_send_with_celery_fallback_app():
 
 
 # --- Item 2: retry_for and the exception class in the logs ---------------------------------
-
-requests = pytest.importorskip("requests")
 
 
 @ops_task(retry_for=(TransientError, requests.ConnectionError, requests.Timeout), max_retries=1)
