@@ -7,6 +7,7 @@
 | E004  | ``DJCELERY_OPS_IDEMPOTENCY_DEFAULT_MODE`` is not a mode               |
 | E005  | ``DJCELERY_OPS_DEAD_LETTER_CELERY_APP`` does not name a Celery app    |
 | E006  | djcelery_ops' tables are on a database other than PostgreSQL / SQLite |
+| E007  | the current Celery app is Celery's fallback app or has no broker URL  |
 | E101  | a schedule declaration is invalid                                     |
 | W001  | no spool directory (``--deploy`` only)                                |
 | W002  | on Redis, the hard time limit is not below the visibility timeout     |
@@ -269,6 +270,35 @@ def check_database_vendor(
     ]
 
 
+@checks.register(checks.Tags.compatibility)
+def check_project_celery_app(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> Messages:
+    """Without the project's app loaded, replay and "run now" would publish with Celery's
+    fallback app to its default broker (amqp on localhost) and report success."""
+    from celery import current_app
+
+    from djcelery_ops.deadletter.outbox import celery_app_problem
+
+    problem = celery_app_problem(current_app)
+    if problem is None:
+        return []
+    fallback = "fallback app" in problem
+    return [
+        checks.Error(
+            f"{problem[0].upper()}{problem[1:]}.",
+            hint=(
+                "Load it with Django: in the project's __init__.py, "
+                "`from .celery import app as celery_app`."
+                if fallback
+                else "Set CELERY_BROKER_URL (read by app.config_from_object("
+                '"django.conf:settings", namespace="CELERY")).'
+            ),
+            id="djcelery_ops.E007",
+        )
+    ]
+
+
 # --- W001 to W003: operations -----------------------------------------------------------------
 
 
@@ -384,24 +414,44 @@ def check_lease_seconds(app_configs: Sequence[AppConfig] | None = None, **kwargs
     ]
 
 
+_discovering_tasks = False
+
+
+def _known_task_names() -> set[str] | None:
+    """The project's task names; ``None`` when they cannot be known here: without the
+    project's Celery app (E007), or when Celery's Django fixup runs the checks from inside
+    the task discovery this starts (it does, before importing task modules)."""
+    global _discovering_tasks
+    from celery import current_app
+
+    from djcelery_ops.deadletter.outbox import celery_app_problem
+    from djcelery_ops.schedules.sync import known_task_names
+
+    if _discovering_tasks or celery_app_problem(current_app) is not None:
+        return None
+    _discovering_tasks = True
+    try:
+        return known_task_names()
+    finally:
+        _discovering_tasks = False
+
+
 @checks.register(checks.Tags.compatibility)
 def check_schedule_declarations(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> Messages:
-    """Declarations are validated here too (task names only by ``sync_celery_schedules``)."""
-    from djcelery_ops.schedules.declarations import DeclarationError, load_schedules
+    """Every problem of every declaration, task names included once the project's Celery
+    app is loaded (without it, E007, only Celery's own tasks would be known)."""
+    from djcelery_ops.schedules.declarations import load_and_check_schedules
 
     if not has_setting_type("SCHEDULES", ops_settings.SCHEDULES):
         return []  # E002
-    try:
-        load_schedules()
-    except DeclarationError as exc:
-        return [
-            checks.Error(
-                error,
-                hint=f"Fix {PREFIX}SCHEDULES; sync_celery_schedules writes nothing until then.",
-                id="djcelery_ops.E101",
-            )
-            for error in exc.errors
-        ]
-    return []
+    _valid, errors = load_and_check_schedules(known_tasks=_known_task_names())
+    return [
+        checks.Error(
+            error,
+            hint=f"Fix {PREFIX}SCHEDULES; sync_celery_schedules writes nothing until then.",
+            id="djcelery_ops.E101",
+        )
+        for error in errors
+    ]

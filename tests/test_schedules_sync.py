@@ -169,6 +169,8 @@ def test_sync__dry_run_prints_the_plan_and_writes_nothing(settings):
     )
     assert sync("--dry-run", "--force") == (
         "Would overwrite nightly, discarding the admin edit of: kwargs, description\n"
+        '  kwargs: {"key": "nightly"} -> {"key": "v2"}\n'
+        '  description: "admin text" -> ""\n'
         "Would create new-one\n"
         "Not declared heartbeat: still enabled (use --prune to disable)\n"
         "Would sync 2 schedules: 1 create, 1 overwrite, 1 vanished.\n"

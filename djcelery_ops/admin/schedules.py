@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.contrib.admin.models import CHANGE, LogEntry
+from django.core.exceptions import ImproperlyConfigured
 from django.db.models import QuerySet
 from django.db.models.functions import Now
 from django.http import HttpRequest
@@ -75,8 +76,12 @@ class OpsPeriodicTaskAdmin(PeriodicTaskAdmin):  # type: ignore[misc]
     @admin.action(description=_("Run selected tasks now (once)"), permissions=["run"])
     def run_now(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
         tasks = list(queryset)
-        for task in tasks:
-            run_now(task, requested_by=request.user.get_username())
+        try:
+            for task in tasks:
+                run_now(task, requested_by=request.user.get_username())
+        except ImproperlyConfigured as error:  # no project Celery app: nothing is sent
+            self.message_user(request, str(error), messages.ERROR)
+            return
         self._log(request, tasks, "run now")
         self._report(
             request,

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import base64
 import datetime
+import importlib
 import logging
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from celery import current_app
+from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, InterfaceError
 from django.db.models import QuerySet
 from django.utils import timezone
@@ -54,10 +56,30 @@ class ReplayError(Exception):
 
 
 def celery_app() -> Celery:
-    """The project's Celery app: ``DJCELERY_OPS_DEAD_LETTER_CELERY_APP`` or the current one."""
+    """The project's Celery app: ``DJCELERY_OPS_DEAD_LETTER_CELERY_APP`` or the current one.
+
+    Raises ``ImproperlyConfigured`` rather than publish with Celery's fallback app (to its
+    default broker, amqp on localhost) or with an app that has no broker URL."""
     path = ops_settings.DEAD_LETTER_CELERY_APP
     app: Celery = import_string(path) if path else current_app
+    problem = celery_app_problem(app)
+    if problem:
+        raise ImproperlyConfigured(problem)
     return app
+
+
+def celery_app_problem(app: Celery) -> str | None:
+    """Why publishing with ``app`` would not reach the project's broker (check E007)."""
+    state = importlib.import_module("celery._state")
+    app = getattr(app, "_get_current_object", lambda: app)()  # ``current_app`` is a proxy
+    if app is state.default_app and app.main == "default":
+        return (
+            "the current Celery app is Celery's fallback app, not the project's: the "
+            "project's Celery app is not loaded"
+        )
+    if not (app.conf.broker_url or app.conf.broker_write_url):  # Celery would use amqp://
+        return f"the Celery app {app.main!r} has no broker URL"
+    return None
 
 
 def publish_options(letter: DeadLetter, queue: str | None = None) -> dict[str, Any]:
@@ -155,8 +177,11 @@ def publish_replays(replays: Iterable[Replay], app: Celery | None = None) -> int
     Returns how many the broker confirmed; raises ``ReplayError`` when the broker fails
     (those confirmed before are marked; the others stay in the outbox).
     """
-    app = app or celery_app()
     rows = list(replays)
+    try:
+        app = app or celery_app()
+    except ImproperlyConfigured as exc:  # nothing sent: the rows stay in the outbox
+        raise ReplayError(str(exc), published=0, unconfirmed=len(rows)) from exc
     sent: list[str] = []
     try:
         with app.producer_or_acquire() as producer:

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.db.models import QuerySet
 
@@ -88,6 +89,10 @@ def replay(
     if not reason.strip():
         raise ValueError("a reason is required")
     _check_edit_types(args, kwargs)
+    try:
+        app = app or celery_app()  # refuse before claiming anything, not after
+    except ImproperlyConfigured as error:
+        raise ReplayError(f"nothing was replayed: {error}", published=0, unconfirmed=0) from error
     user, by_text = actor_of(by)
     outcome = Outcome(run_id=run_id or uuid.uuid4().hex)
     editable = args is not None and kwargs is not None

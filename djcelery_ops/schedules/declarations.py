@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import zoneinfo
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -78,37 +79,61 @@ FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Schedule))
 
 def load_schedules(known_tasks: Iterable[str] | None = None) -> list[Schedule]:
     """The declarations of ``DJCELERY_OPS_SCHEDULES``, validated; raise ``DeclarationError``."""
+    schedules, errors = load_and_check_schedules(known_tasks)
+    if errors:
+        raise DeclarationError(errors)
+    return schedules
+
+
+def load_and_check_schedules(
+    known_tasks: Iterable[str] | None = None,
+) -> tuple[list[Schedule], list[str]]:
+    """The valid declarations and every problem of the others."""
     raw = ops_settings.SCHEDULES
     if raw is None:
-        return []
+        return [], []
     if isinstance(raw, str):
         try:
             raw = import_string(raw)
         except ImportError as exc:
-            raise DeclarationError(
-                [f"DJCELERY_OPS_SCHEDULES: cannot import {raw!r}: {exc}"]
-            ) from exc
-    return parse_schedules(raw, known_tasks=known_tasks)
+            return [], [f"DJCELERY_OPS_SCHEDULES: cannot import {raw!r}: {exc}"]
+    return check_schedules(raw, known_tasks=known_tasks)
 
 
 def parse_schedules(
     items: Iterable[Schedule | Mapping[str, Any]], *, known_tasks: Iterable[str] | None = None
 ) -> list[Schedule]:
     """Build and validate schedules; every problem is collected before raising."""
+    schedules, errors = check_schedules(items, known_tasks=known_tasks)
+    if errors:
+        raise DeclarationError(errors)
+    return schedules
+
+
+def check_schedules(
+    items: Iterable[Schedule | Mapping[str, Any]], *, known_tasks: Iterable[str] | None = None
+) -> tuple[list[Schedule], list[str]]:
+    """The valid schedules and every problem of the others, in one pass (duplicate names
+    are counted over all declarations, valid or not)."""
     tasks = set(known_tasks) if known_tasks is not None else None
     schedules: list[Schedule] = []
     errors: list[str] = []
+    names: list[str] = []
     for position, item in enumerate(items):
         schedule, problems = _build(position, item)
         if schedule is not None:
             problems += validate_schedule(schedule, tasks)
+        name = item.name if isinstance(item, Schedule) else _mapping_name(item)
+        names += [name] if name else []
         errors += problems
         if schedule is not None and not problems:
             schedules.append(schedule)
-    errors += _duplicate_names(schedules)
-    if errors:
-        raise DeclarationError(errors)
-    return schedules
+    return schedules, errors + _duplicate_names(names)
+
+
+def _mapping_name(item: object) -> str | None:
+    name = item.get("name") if isinstance(item, Mapping) else None
+    return name if isinstance(name, str) else None
 
 
 def _build(position: int, item: Schedule | Mapping[str, Any]) -> tuple[Schedule | None, list[str]]:
@@ -120,11 +145,11 @@ def _build(position: int, item: Schedule | Mapping[str, Any]) -> tuple[Schedule 
         ]
     label = f"schedule {item.get('name', f'#{position}')!r}"
     unknown = sorted(set(item) - FIELD_NAMES)
-    if unknown:
-        return None, [f"{label}: unknown field(s) {', '.join(unknown)}"]
     missing = [name for name in ("name", "task") if not item.get(name)]
-    if missing:
-        return None, [f"{label}: missing {', '.join(missing)}"]
+    problems = [f"{label}: unknown field(s) {', '.join(unknown)}"] if unknown else []
+    problems += [f"{label}: missing {', '.join(missing)}"] if missing else []
+    if problems:
+        return None, problems
     return Schedule(**item), []
 
 
@@ -142,6 +167,10 @@ def _problems(schedule: Schedule, known_tasks: set[str] | None) -> Iterable[str]
         yield "give exactly one of crontab and interval"
     elif schedule.crontab is not None:
         yield from _crontab_problems(schedule.crontab)
+    elif isinstance(schedule.interval, bool) or not isinstance(
+        schedule.interval, int | float | timedelta
+    ):
+        yield f"interval must be seconds (a number) or a timedelta, got {schedule.interval!r}"
     elif schedule.interval_seconds() < 1:
         yield f"interval must be at least 1 second, got {schedule.interval!r}"
     yield from _timezone_problems(schedule.timezone_name())
@@ -152,7 +181,10 @@ def _problems(schedule: Schedule, known_tasks: set[str] | None) -> Iterable[str]
         yield f"expires must be a positive number of seconds or None, got {schedule.expires!r}"
 
 
-def _crontab_problems(spec: str) -> Iterable[str]:
+def _crontab_problems(spec: object) -> Iterable[str]:
+    if not isinstance(spec, str):
+        yield f"crontab must be a string like '0 3 * * *', got {spec!r}"
+        return
     fields = spec.split()
     if len(fields) != 5:
         yield f"invalid crontab {spec!r}: expected 5 fields (minute hour day month weekday)"
@@ -167,7 +199,7 @@ def _crontab_problems(spec: str) -> Iterable[str]:
 def _timezone_problems(name: str) -> Iterable[str]:
     try:
         zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
         yield f"unknown timezone {name!r}"
 
 
@@ -179,11 +211,10 @@ def _json_problems(schedule: Schedule) -> Iterable[str]:
         yield f"args and kwargs must be JSON serialisable: {exc}"
 
 
-def _duplicate_names(schedules: list[Schedule]) -> list[str]:
-    seen: set[str] = set()
-    duplicates = []
-    for schedule in schedules:
-        if schedule.name in seen:
-            duplicates.append(f"schedule {schedule.name!r}: declared more than once")
-        seen.add(schedule.name)
-    return duplicates
+def _duplicate_names(names: list[str]) -> list[str]:
+    counts = Counter(names)
+    return [
+        f"schedule {name!r}: declared more than once ({count} times)"
+        for name, count in counts.items()
+        if count > 1
+    ]

@@ -26,6 +26,7 @@ the dispatch time), so two leaders compute the same slots.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -159,11 +160,33 @@ class DeadlineProducer:
         return outcome.get("result")
 
 
+# One lease identity per beat process: ``celery beat`` builds a throwaway scheduler for its
+# banner before the one that runs, and the banner must name the id the leader logs.
+_process_holders: dict[int, str] = {}
+_taken_holders: set[str] = set()
+
+
+def _process_holder_id() -> str:
+    return _process_holders.setdefault(os.getpid(), leader.make_holder_id())
+
+
 class LockedDatabaseScheduler(DatabaseScheduler):  # type: ignore[misc]
     """A DatabaseScheduler that dispatches only while it holds the leader lease."""
 
+    _lease_holder: str | None = None
+
+    @property
+    def lease_holder(self) -> str:
+        """The process's id, taken by the first scheduler that uses it (a second one in the
+        same process, as in tests, gets an id of its own)."""
+        if self._lease_holder is None:
+            holder = _process_holder_id()
+            holder = leader.make_holder_id() if holder in _taken_holders else holder
+            _taken_holders.add(holder)
+            self._lease_holder = holder
+        return self._lease_holder
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.lease_holder = leader.make_holder_id()
         self.is_leader = False
         self.term: int | None = None
         self._lease_valid_until = 0.0
@@ -341,7 +364,8 @@ class LockedDatabaseScheduler(DatabaseScheduler):  # type: ignore[misc]
     @property
     def info(self) -> str:
         role = "leader" if self.is_leader else "standby"
-        return f"    . lease -> {ops_settings.BEAT_LEASE_NAME} ({role}, {self.lease_holder})"
+        holder = self._lease_holder or _process_holder_id()  # the banner takes no id
+        return f"    . lease -> {ops_settings.BEAT_LEASE_NAME} ({role}, {holder})"
 
 
 __all__ = [

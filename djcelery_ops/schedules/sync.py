@@ -24,7 +24,11 @@ from django_celery_beat.models import (
     PeriodicTasks,
 )
 
-from djcelery_ops.schedules.declarations import DeclarationError, Schedule, load_schedules
+from djcelery_ops.schedules.declarations import (
+    DeclarationError,
+    Schedule,
+    load_and_check_schedules,
+)
 from djcelery_ops.schedules.models import ManagedSchedule
 
 Action = Literal[
@@ -48,6 +52,8 @@ class Change:
     name: str
     fields: tuple[str, ...] = ()
     schedule: Schedule | None = None
+    # (field, value in the row, value sync writes) of each field a write changes.
+    values: tuple[tuple[str, Any, Any], ...] = ()
 
     @property
     def writes(self) -> bool:
@@ -61,8 +67,18 @@ def known_task_names() -> set[str]:
 
 
 def plan_from_settings(*, prune: bool, force: bool) -> list[Change]:
-    """Load and validate ``DJCELERY_OPS_SCHEDULES`` and plan its sync."""
-    return plan_sync(load_schedules(known_tasks=known_task_names()), prune=prune, force=force)
+    """Load and validate ``DJCELERY_OPS_SCHEDULES`` and plan its sync.
+
+    Raises ``DeclarationError`` with every problem at once: those of the declarations and
+    the names taken by admin rows (planned from the valid declarations)."""
+    schedules, errors = load_and_check_schedules(known_tasks=known_task_names())
+    try:
+        changes = plan_sync(schedules, prune=prune, force=force)
+    except DeclarationError as exc:
+        errors += exc.errors
+    if errors:
+        raise DeclarationError(errors)
+    return changes
 
 
 def plan_sync(schedules: list[Schedule], *, prune: bool, force: bool) -> list[Change]:
@@ -91,14 +107,16 @@ def _plan_one(schedule: Schedule, task: PeriodicTask | None, *, force: bool) -> 
         return Change("create", schedule.name, schedule=schedule)
     current, desired = row_values(task), declared_values(schedule)
     managed = getattr(task, "djcelery_ops_managed", None)
+    fields = differing(current, desired)
+    values = tuple((name, current.get(name), desired[name]) for name in fields)
     if managed is None:
-        return Change("adopt", schedule.name, differing(current, desired), schedule)
+        return Change("adopt", schedule.name, fields, schedule, values)
     if current == desired:
         return Change("unchanged", schedule.name, schedule=schedule)
     if current == managed.synced_values:
-        return Change("update", schedule.name, differing(current, desired), schedule)
+        return Change("update", schedule.name, fields, schedule, values)
     if force:
-        return Change("overwrite", schedule.name, differing(current, desired), schedule)
+        return Change("overwrite", schedule.name, fields, schedule, values)
     return Change("drift", schedule.name, differing(managed.synced_values, current), schedule)
 
 

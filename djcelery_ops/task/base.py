@@ -16,6 +16,7 @@ from djcelery_ops.conf import UNSET, ops_settings
 from djcelery_ops.exceptions import PermanentError, TransientError
 from djcelery_ops.idempotency.keys import delivery_key, header_key
 from djcelery_ops.logs import log_event
+from djcelery_ops.wire import describe_exception
 
 task_logger = get_task_logger(__name__)
 
@@ -215,7 +216,7 @@ class OpsTask(Task):  # type: ignore[type-arg]
     def on_retry(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
-        fields = self._log_fields(task_id, exception_class=type(exc).__name__)
+        fields = self._log_fields(task_id, exception_class=describe_exception(exc)[0])
         log_event("task.retry", level=logging.WARNING, **fields)
 
     def _capture_final_failure(self, exc: BaseException, args: Any, kwargs: Any) -> None:
@@ -231,7 +232,7 @@ class OpsTask(Task):  # type: ignore[type-arg]
         if request.called_directly or request.is_eager:
             return  # no message to lose: eager failures go through on_failure as before
         task_id = str(request.id or "")
-        fields = self._log_fields(task_id, exception_class=type(exc).__name__)
+        fields = self._log_fields(task_id, exception_class=describe_exception(exc)[0])
         log_event("task.failed", level=logging.ERROR, **fields)
         text = "".join(format_exception(type(exc), exc, exc.__traceback__))
         self._capture(exc, task_id, args, kwargs, text)
@@ -246,7 +247,7 @@ class OpsTask(Task):  # type: ignore[type-arg]
             return
         if getattr(self.request, "djcelery_ops_captured", False):
             return  # kept by __call__ already
-        fields = self._log_fields(task_id, exception_class=type(exc).__name__)
+        fields = self._log_fields(task_id, exception_class=describe_exception(exc)[0])
         log_event("task.failed", level=logging.ERROR, **fields)
         self._capture(exc, task_id, args, kwargs, getattr(einfo, "traceback", "") or "")
 

@@ -6,6 +6,7 @@ declarations, nothing written).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
@@ -74,7 +75,17 @@ class Command(OpsCommand):
 
 def describe(change: Change, *, dry_run: bool) -> str:
     template = EITHER.get(change.action) or (WOULD if dry_run else DONE)[change.action]
-    return template.format(name=change.name, fields=", ".join(change.fields))
+    line = template.format(name=change.name, fields=", ".join(change.fields))
+    if not dry_run:
+        return line
+    # A dry run is read before a deploy: show what each changed field becomes.
+    return "\n".join(
+        [line, *(f"  {field}: {_value(old)} -> {_value(new)}" for field, old, new in change.values)]
+    )
+
+
+def _value(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
 # What sync writes; the other actions leave the row as it is.
