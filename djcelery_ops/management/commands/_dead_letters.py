@@ -114,3 +114,17 @@ def announce(command: OpsCommand, verb: str, selection: Selection, action: str) 
         for line in skipped_lines(dict(the_plan.skipped)):
             command.stdout.write(line)
     return the_plan
+
+
+def announce_and_plan(
+    command: OpsCommand, verb: str, selection: Selection, *, dry_run: bool
+) -> bool:
+    """Say what matches; on a dry run print the plan. True when there is work to do now."""
+    the_plan = announce(command, verb, selection, action=verb)
+    if not the_plan.applicable:
+        return False
+    if dry_run:
+        for line in plan_lines(verb, the_plan):
+            command.stdout.write(line)
+        return False
+    return True

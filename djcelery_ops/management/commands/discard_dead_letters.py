@@ -32,12 +32,7 @@ class Command(OpsCommand):
         selection = common.selection_from_options(options)
         actor = common.actor(dry_run=dry_run, reason=reason, by=by)
         size = self.batch_size(batch_size)
-        the_plan = common.announce(self, "discard", selection, action="discard")
-        if not the_plan.applicable:
-            return
-        if dry_run:
-            for line in common.plan_lines("discard", the_plan):
-                self.stdout.write(line)
+        if not common.announce_and_plan(self, "discard", selection, dry_run=dry_run):
             return
         rows = common.matching_rows(selection)
         outcome = discard(rows, by=actor, reason=reason, batch_size=size)

@@ -8,11 +8,13 @@ part of the rows replayed. A second run continues: replayed rows are no longer p
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import time
 import uuid
 from argparse import ArgumentParser
+from collections.abc import Iterator
 from typing import Any
 
 from django.core.management.base import CommandError
@@ -150,59 +152,42 @@ class Command(OpsCommand):
     ) -> None:
         run_id = parse_run_id(run_id)
         options["to_queue"] = to_queue or None
-        state: dict[str, _Run] = {}
-        try:
+        with self._database_guard() as state:
             if raw_body:
                 self._republish(dry_run, reason, by, batch_size, run_id, options)
                 return
-            self._handle(state, run_id, dry_run, reason, by, batch_size, rate, canary,
-                         canary_timeout, max_failure_rate, recover, options)  # fmt: skip
+            if recover:
+                self._recover(dry_run=dry_run, older_than=0)
+                return
+            selection = common.selection_from_options(options)
+            actor = common.actor(dry_run=dry_run, reason=reason, by=by)
+            size = self.batch_size(batch_size) or ops_settings.DEAD_LETTER_REPLAY_BATCH_SIZE
+            per_second = parse_rate(rate)
+            first = None if canary is None else positive_int_option(canary, "--canary")
+            failure_limit = parse_fraction(max_failure_rate)
+            timeout = self._timeout(canary_timeout)
+            if not common.announce_and_plan(self, "replay", selection, dry_run=dry_run):
+                return
+            self._recover(dry_run=False, older_than=None)
+            ids = list(common.matching_rows(selection).values_list("pk", flat=True))
+            if per_second is not None:
+                size = min(size, max(1, math.floor(per_second)))  # bursts of one second at most
+            run = _Run(self, ids, actor, reason, size, per_second, timeout, run_id)
+            run.queue = options["to_queue"]
+            state["run"] = run
+            self._go(run, first, failure_limit)
+            self.stdout.write(run.summary())
+
+    @contextlib.contextmanager
+    def _database_guard(self) -> Iterator[dict[str, _Run]]:
+        """Lost the database mid-run: say what was done and how to go on, exit 5."""
+        state: dict[str, _Run] = {}
+        try:
+            yield state
         except (DatabaseError, InterfaceError) as error:
             raise CommandError(
                 database_lost(error, state.get("run")), returncode=EXIT_DATABASE_UNREACHABLE
             ) from None
-
-    def _handle(
-        self,
-        state: dict[str, _Run],
-        run_id: str | None,
-        dry_run: bool,
-        reason: str,
-        by: str | None,
-        batch_size: str | None,
-        rate: str | None,
-        canary: str | None,
-        canary_timeout: str | None,
-        max_failure_rate: str | None,
-        recover: bool,
-        options: dict[str, Any],
-    ) -> None:
-        if recover:
-            self._recover(dry_run=dry_run, older_than=0)
-            return
-        selection = common.selection_from_options(options)
-        actor = common.actor(dry_run=dry_run, reason=reason, by=by)
-        size = self.batch_size(batch_size) or ops_settings.DEAD_LETTER_REPLAY_BATCH_SIZE
-        per_second = parse_rate(rate)
-        first = None if canary is None else positive_int_option(canary, "--canary")
-        failure_limit = parse_fraction(max_failure_rate)
-        timeout = self._timeout(canary_timeout)
-        the_plan = common.announce(self, "replay", selection, action="replay")
-        if not the_plan.applicable:
-            return
-        if dry_run:
-            for line in common.plan_lines("replay", the_plan):
-                self.stdout.write(line)
-            return
-        self._recover(dry_run=False, older_than=None)
-        ids = list(common.matching_rows(selection).values_list("pk", flat=True))
-        if per_second is not None:
-            size = min(size, max(1, math.floor(per_second)))  # bursts of at most one second
-        run = _Run(self, ids, actor, reason, size, per_second, timeout, run_id)
-        run.queue = options["to_queue"]
-        state["run"] = run
-        self._go(run, first, failure_limit)
-        self.stdout.write(run.summary())
 
     def _republish(
         self,
