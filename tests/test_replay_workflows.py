@@ -8,6 +8,7 @@ from io import StringIO
 import pytest
 from celery import chain
 from django.core.management import call_command
+from django.urls import reverse
 
 from djcelery_ops.conf import ops_settings
 from djcelery_ops.deadletter.outbox import publish_options, workflow_options
@@ -222,3 +223,13 @@ def test_replay_runs_link_callbacks_once_and_link_error_once_per_final_failure(
     )
     assert _keys(tag, "callback") == [f"{tag}:callback:30"]
     assert _keys(tag, "flaky") == [f"{tag}:flaky:3"]
+
+
+@pytest.mark.django_db
+def test_admin_change_page__shows_the_rest_of_the_chain_in_order(admin_client):
+    first = {**LAST, "task": "tests.testapp.tasks.wf_step"}
+    letter = _store(_request(chain=[LAST, first]))  # reversed: wf_step runs next
+    url = reverse("admin:djcelery_ops_deadletter_change", args=[letter.pk])
+    page = admin_client.get(url).content.decode()
+    assert "Rest of the chain" in page
+    assert "tests.testapp.tasks.wf_step → tests.testapp.tasks.wf_last" in page
