@@ -153,6 +153,9 @@ def test_replayed_chain_link__continues_the_chain_once(worker, celery_queue):
     assert _keys(tag, "flaky") == [f"{tag}:flaky:2"]
     assert _keys(tag, "last") == [f"{tag}:last:20"]
     assert _keys(tag, "step") == [f"{tag}:step:1"]
+    # The next link keeps the task id Celery gave it when the chain was sent.
+    planned = letter.options["workflow"]["chain"][0]["options"]["task_id"]
+    assert Effect.objects.get(key=f"{tag}:last:20").task_id == planned
     assert Replay.objects.filter(dead_letter=letter).count() == 1
     wait_until(
         lambda: Replay.objects.get(dead_letter=letter).outcome == Replay.Outcome.SUCCEEDED,
