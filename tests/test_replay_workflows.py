@@ -6,7 +6,7 @@ import uuid
 from io import StringIO
 
 import pytest
-from celery import chain
+from celery import chain, chord, group
 from django.core.management import call_command
 from django.urls import reverse
 
@@ -16,8 +16,16 @@ from djcelery_ops.deadletter.record import BLOCKED_CHORD_MEMBER, record_from_req
 from djcelery_ops.deadletter.services import replay
 from djcelery_ops.deadletter.store import BLOCKED_WORKFLOW_TRUNCATED, store_record
 from djcelery_ops.models import DeadLetter, Replay
+from tests.celery_app import app as celery_app
 from tests.testapp.models import Effect
-from tests.testapp.tasks import wf_callback, wf_errback, wf_flaky, wf_last, wf_step
+from tests.testapp.tasks import (
+    wf_callback,
+    wf_errback,
+    wf_flaky,
+    wf_last,
+    wf_member,
+    wf_step,
+)
 from tests.utils import wait_until
 from tests.worker import settle
 
@@ -236,3 +244,34 @@ def test_admin_change_page__shows_the_rest_of_the_chain_in_order(admin_client):
     page = admin_client.get(url).content.decode()
     assert "Rest of the chain" in page
     assert "tests.testapp.tasks.wf_step → tests.testapp.tasks.wf_last" in page
+
+
+@pytest.mark.worker
+def test_replayed_group_member__runs_under_its_original_group_id_and_index(worker, celery_queue):
+    tag = uuid.uuid4().hex[:10]
+    sent = group(wf_step.s(5, tag=tag), wf_member.s(1, tag=tag)).apply_async()
+    letter = _dead_letter("wf_member", tag)
+    assert letter.options["group_id"] == sent.id
+    assert letter.options["workflow"]["group_index"] == 1
+
+    Effect.objects.create(key=f"{tag}:healed")
+    replay([letter], by="ops", reason="healed")
+    wait_until(lambda: _keys(tag, "member"), what="the replayed member", timeout=60)
+    assert _keys(tag, "member") == [f"{tag}:member:1:{sent.id}:1"]
+
+
+@pytest.mark.worker
+@pytest.mark.skipif(
+    not str(celery_app.conf.result_backend or "").startswith("redis"),
+    reason="a chord needs a result backend (DJCELERY_OPS_TEST_RESULT_BACKEND=redis://...)",
+)
+def test_chord_header_member__is_kept_but_refused_by_plain_replay(worker, celery_queue):
+    tag = uuid.uuid4().hex[:10]
+    chord([wf_step.s(5, tag=tag), wf_member.s(1, tag=tag)], wf_last.s(tag=tag)).apply_async()
+    letter = _dead_letter("wf_member", tag)
+    assert letter.replay_blocker == BLOCKED_CHORD_MEMBER
+    Effect.objects.create(key=f"{tag}:healed")
+    outcome = replay([letter], by="ops", reason="healed")
+    assert outcome.done == 0 and dict(outcome.skipped) == {BLOCKED_CHORD_MEMBER: 1}
+    settle(2)
+    assert _keys(tag, "member") == [] and _keys(tag, "last") == []

@@ -112,8 +112,9 @@ def workflow_from_request(request: Mapping[str, Any]) -> dict[str, Any]:
     workflow: dict[str, Any] = {}
     for key in ("chain", "callbacks", "errbacks"):
         value = request.get(key)
-        if value:
-            workflow[key] = jsonable([dict(sig) for sig in value])
+        if value and isinstance(value, list | tuple):
+            sigs = [dict(sig) if isinstance(sig, Mapping) else sig for sig in value]
+            workflow[key] = jsonable(sigs)
     if request.get("chord"):
         workflow["chord"] = True
     if request.get("group_index") is not None:

@@ -452,3 +452,12 @@ def wf_callback(self, result: int, tag: str) -> None:
 def wf_errback(request, exc, traceback, tag: str) -> None:
     # Called by the worker in-process (new-style errback: request, exc, traceback).
     Effect.objects.create(key=f"{tag}:errback:{request.id}", task_id=request.id)
+
+
+@ops_task(bind=True)
+def wf_member(self, x: int, tag: str) -> int:
+    if not _healed(tag):
+        raise PermanentError(f"{tag} is not healed yet")
+    group_id, index = self.request.group, self.request.group_index
+    Effect.objects.create(key=f"{tag}:member:{x}:{group_id}:{index}", task_id=self.request.id)
+    return x
