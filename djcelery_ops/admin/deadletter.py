@@ -114,6 +114,7 @@ class DeadLetterAdmin(ReadOnlyAdminMixin[DeadLetter]):
             {
                 "fields": [
                     "queue",
+                    "remaining_chain",
                     "pretty_options",
                     "periodic_task_name",
                     "root_id",
@@ -150,6 +151,16 @@ class DeadLetterAdmin(ReadOnlyAdminMixin[DeadLetter]):
     @admin.display(description=_("publish options"))
     def pretty_options(self, obj: DeadLetter) -> SafeString:
         return _pretty(obj.options)
+
+    @admin.display(description=_("rest of the chain"))
+    def remaining_chain(self, obj: DeadLetter) -> str:
+        """Task names of the chain links a replay continues with, in the order they run."""
+        workflow = (obj.options or {}).get("workflow") or {}
+        if workflow.get("__truncated__"):
+            names = list(workflow.get("chain_tasks") or [])
+            return " → ".join(names + [str(_("(workflow truncated)"))])
+        links = reversed(workflow.get("chain") or [])  # Celery carries them reversed
+        return " → ".join(str(sig.get("task")) for sig in links if isinstance(sig, dict)) or "-"
 
     @admin.display(description=_("traceback"))
     def pretty_traceback(self, obj: DeadLetter) -> SafeString:

@@ -102,6 +102,25 @@ def publish_options(letter: DeadLetter, queue: str | None = None) -> dict[str, A
     return options
 
 
+def workflow_options(letter: DeadLetter) -> dict[str, Any]:
+    """The rest of the workflow the original message carried, for ``send_task``: the
+    remaining ``chain`` (reversed, as Celery carries it), ``link`` and ``link_error``
+    signatures, and the ``group_index``. A workflow over the size cap was not kept (a
+    marker stands in for it): nothing is passed on."""
+    workflow = (letter.options or {}).get("workflow")
+    if not isinstance(workflow, dict):
+        return {}
+    options: dict[str, Any] = {}
+    if workflow.get("group_index") is not None:
+        options["group_index"] = workflow["group_index"]
+    if workflow.get("__truncated__"):
+        return options
+    for key, option in (("chain", "chain"), ("callbacks", "link"), ("errbacks", "link_error")):
+        if workflow.get(key):
+            options[option] = [dict(sig) for sig in workflow[key]]
+    return options
+
+
 def _edited(replay: Replay, field: str, stored: Any) -> Any:
     """The value the operator gave for ``field`` (edit and replay), else the stored one."""
     edit = (replay.edits or {}).get(field)
@@ -168,6 +187,7 @@ def _send(app: Celery, replay: Replay, producer: Any) -> None:
         producer=producer,
         **serializer,
         **publish_options(letter, _edited(replay, "queue", None)),
+        **workflow_options(letter),
     )
 
 

@@ -97,6 +97,31 @@ def delivery_serializer(request: Mapping[str, Any], task_name: str) -> str:
     return str(getattr(task, "serializer", None) or current_app.conf.task_serializer)
 
 
+# Where the workflow the message carried is kept, in ``DeadLetter.options``.
+WORKFLOW_KEY = "workflow"
+# Why a plain replay of a chord header member is refused (``DeadLetter.replay_blocker``).
+BLOCKED_CHORD_MEMBER = (
+    "chord header member: replayed alone, the chord body would not run once with all results"
+)
+
+
+def workflow_from_request(request: Mapping[str, Any]) -> dict[str, Any]:
+    """The rest of the workflow the message carried: ``chain`` (remaining links, reversed,
+    as Celery carries them), ``callbacks`` (link), ``errbacks`` (link_error), and whether
+    it was a chord header member. Signatures are dicts, so the result is JSON-ready."""
+    workflow: dict[str, Any] = {}
+    for key in ("chain", "callbacks", "errbacks"):
+        value = request.get(key)
+        if value and isinstance(value, list | tuple):
+            sigs = [dict(sig) if isinstance(sig, Mapping) else sig for sig in value]
+            workflow[key] = jsonable(sigs)
+    if request.get("chord"):
+        workflow["chord"] = True
+    if request.get("group_index") is not None:
+        workflow["group_index"] = request.get("group_index")
+    return workflow
+
+
 def record_from_request(
     request: Mapping[str, Any],
     *,
@@ -132,11 +157,16 @@ def record_from_request(
         "eta": request.get("eta"),
         "expires": request.get("expires"),
     }
+    workflow = workflow_from_request(request)
+    if workflow:
+        options[WORKFLOW_KEY] = workflow
     args = request.get("args", []) if args is None else args
     kwargs = request.get("kwargs", {}) if kwargs is None else kwargs
     call, blocker = None, BLOCKED_NEVER_DECODED
     if decoded:
         call, blocker = encode_call(args, kwargs, delivery_serializer(request, task_name))
+        if not blocker and workflow.get("chord"):
+            blocker = BLOCKED_CHORD_MEMBER
     return FailureRecord(
         task_id=_text(request.get("id")),
         task_name=task_name,

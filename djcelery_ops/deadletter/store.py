@@ -20,7 +20,7 @@ from django.db.models import F
 from djcelery_ops.conf import ops_settings
 from djcelery_ops.deadletter.call import BLOCKED_TRUNCATED, encode_call
 from djcelery_ops.deadletter.models import DeadLetter
-from djcelery_ops.deadletter.record import FailureRecord
+from djcelery_ops.deadletter.record import WORKFLOW_KEY, FailureRecord
 from djcelery_ops.storable import storable_json, storable_text
 
 _VOLATILE = [
@@ -65,6 +65,30 @@ def capped_payload(args: Any, kwargs: Any) -> tuple[Any, Any, bool]:
     return [marker], {}, True
 
 
+# Why a plain replay of a letter whose workflow was over the size cap is refused.
+BLOCKED_WORKFLOW_TRUNCATED = "workflow truncated"
+
+
+def capped_workflow(workflow: Any) -> tuple[Any, bool]:
+    """The workflow (chain, callbacks, errbacks), or a marker when over the size cap.
+
+    The marker keeps the size and the remaining task names (for people); a replay would
+    not continue the workflow, so plain replay refuses such a letter."""
+    if not isinstance(workflow, dict):
+        return workflow, False
+    text = json.dumps(workflow)
+    if len(text.encode()) <= ops_settings.DEAD_LETTER_MAX_PAYLOAD_BYTES:
+        return workflow, False
+    names = [
+        sig.get("task") for sig in reversed(workflow.get("chain") or []) if isinstance(sig, dict)
+    ]
+    marker = {"__truncated__": True, "size_bytes": len(text.encode()), "chain_tasks": names[:50]}
+    for key in ("chord", "group_index"):
+        if key in workflow:
+            marker[key] = workflow[key]
+    return marker, True
+
+
 ORIGINAL_PAYLOAD_KEY = "original_payload_json"
 _TEXT_FIELDS = (
     "task_id", "task_name", "reason", "queue", "periodic_task_name", "root_id", "parent_id",
@@ -77,6 +101,9 @@ def storable_record(record: FailureRecord) -> tuple[FailureRecord, Any, Any, boo
     args, kwargs, truncated = capped_payload(record.args, record.kwargs)
     (args, kwargs), escaped = storable_json([args, kwargs])
     options, _ = storable_json(record.options)
+    workflow_truncated = False
+    if WORKFLOW_KEY in options:
+        options[WORKFLOW_KEY], workflow_truncated = capped_workflow(options[WORKFLOW_KEY])
     if escaped and not truncated:
         options[ORIGINAL_PAYLOAD_KEY] = json.dumps([record.args, record.kwargs])
     texts: dict[str, Any] = {name: storable_text(getattr(record, name)) for name in _TEXT_FIELDS}
@@ -86,6 +113,8 @@ def storable_record(record: FailureRecord) -> tuple[FailureRecord, Any, Any, boo
     elif call is None and not blocker:
         # Built by hand (not from a delivery): its args and kwargs are the call itself.
         call, blocker = encode_call(record.args, record.kwargs, "json")
+    if workflow_truncated and not blocker:
+        blocker = BLOCKED_WORKFLOW_TRUNCATED
     record = dataclasses.replace(record, options=options, call=call, replay_blocker=blocker)
     return dataclasses.replace(record, **texts), args, kwargs, truncated
 

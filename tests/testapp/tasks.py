@@ -414,3 +414,50 @@ def idem_soak_effect(self, key: str, fail: bool) -> None:
     Effect.objects.create(key=key, task_id=self.request.id or "", worker_pid=os.getpid())
     if fail:
         raise PermanentError(f"{key} fails for good")  # rolls its Effect back with the key
+
+
+# --- Workflows replayed (issue 15): a chain with a link that fails until healed ------------
+
+
+def _healed(tag: str) -> bool:
+    return Effect.objects.filter(key=f"{tag}:healed").exists()
+
+
+@ops_task(bind=True)
+def wf_step(self, x: int, tag: str) -> int:
+    Effect.objects.create(key=f"{tag}:step:{x}", task_id=self.request.id)
+    return x + 1
+
+
+@ops_task(bind=True)
+def wf_flaky(self, x: int, tag: str) -> int:
+    if not _healed(tag):
+        raise PermanentError(f"{tag} is not healed yet")
+    Effect.objects.create(key=f"{tag}:flaky:{x}", task_id=self.request.id)
+    return x * 10
+
+
+@ops_task(bind=True)
+def wf_last(self, x: int, tag: str) -> int:
+    Effect.objects.create(key=f"{tag}:last:{x}", task_id=self.request.id)
+    return x
+
+
+@shared_task(bind=True)
+def wf_callback(self, result: int, tag: str) -> None:
+    Effect.objects.create(key=f"{tag}:callback:{result}", task_id=self.request.id)
+
+
+@shared_task
+def wf_errback(request, exc, traceback, tag: str) -> None:
+    # Called by the worker in-process (new-style errback: request, exc, traceback).
+    Effect.objects.create(key=f"{tag}:errback:{request.id}", task_id=request.id)
+
+
+@ops_task(bind=True)
+def wf_member(self, x: int, tag: str) -> int:
+    if not _healed(tag):
+        raise PermanentError(f"{tag} is not healed yet")
+    group_id, index = self.request.group, self.request.group_index
+    Effect.objects.create(key=f"{tag}:member:{x}:{group_id}:{index}", task_id=self.request.id)
+    return x
