@@ -275,3 +275,19 @@ def test_chord_header_member__is_kept_but_refused_by_plain_replay(worker, celery
     assert outcome.done == 0 and dict(outcome.skipped) == {BLOCKED_CHORD_MEMBER: 1}
     settle(2)
     assert _keys(tag, "member") == [] and _keys(tag, "last") == []
+
+
+@pytest.mark.worker
+def test_task_killed_at_its_hard_time_limit__its_dead_letter_keeps_the_chain(worker, celery_queue):
+    # Recorded by the worker's main process (OpsRequest), from the message's embed.
+    from tests.testapp.tasks import ops_hard_limit
+
+    tag = uuid.uuid4().hex[:8]
+    result = chain(ops_hard_limit.si(), wf_last.si(0, tag=tag)).apply_async()
+    letter = wait_until(
+        lambda: DeadLetter.objects.filter(task_id=result.parent.id).first(),
+        timeout=60, what="the hard-time-limit dead letter",
+    )  # fmt: skip
+    assert letter.reason == "hard_time_limit"
+    remaining = letter.options["workflow"]["chain"]
+    assert [link["task"] for link in remaining] == ["tests.testapp.tasks.wf_last"]
