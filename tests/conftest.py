@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from tests.celery_app import app as celery_app
+from tests.proxy import TcpProxy
 from tests.worker import WorkerProcess, purge_queue
 
 
@@ -39,3 +40,16 @@ def start_worker(transactional_db, celery_queue) -> Iterator[Callable[..., Worke
 @pytest.fixture
 def worker(start_worker) -> WorkerProcess:
     return start_worker()
+
+
+@pytest.fixture
+def db_proxy() -> Iterator[TcpProxy]:
+    """A TCP proxy between worker subprocesses and PostgreSQL that the test can cut."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL (DATABASE_URL): an SQLite file cannot go down")
+    settings_dict = connection.settings_dict
+    proxy = TcpProxy(settings_dict["HOST"] or "127.0.0.1", int(settings_dict["PORT"] or 5432))
+    yield proxy.start()
+    proxy.stop()

@@ -6,22 +6,11 @@ import pytest
 from django.db import connection
 
 from djcelery_ops.models import DeadLetter
-from tests.proxy import TcpProxy
 from tests.testapp import tasks
 from tests.testapp.models import Effect
 from tests.utils import wait_until
 
 pytestmark = [pytest.mark.worker, pytest.mark.postgres]
-
-
-@pytest.fixture
-def db_proxy():
-    if connection.vendor != "postgresql":
-        pytest.skip("needs PostgreSQL (DATABASE_URL): an SQLite file cannot go down")
-    settings_dict = connection.settings_dict
-    proxy = TcpProxy(settings_dict["HOST"] or "127.0.0.1", int(settings_dict["PORT"] or 5432))
-    yield proxy.start()
-    proxy.stop()
 
 
 def test_database_down_when_failure_is_recorded__spooled_then_ingested(

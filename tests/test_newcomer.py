@@ -63,7 +63,9 @@ def test_e007__celery_fallback_app_is_an_error():
     assert "from .celery import app as celery_app" in errors[0].hint
 
 
-def test_e007__a_project_app_without_broker_url_is_an_error():
+def test_e007__a_project_app_without_broker_url_is_an_error(monkeypatch):
+    # Celery's broker_url prefers the CELERY_BROKER_URL environment variable (CI sets it).
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
     app = Celery("proj", set_as_current=False)
     with current_celery_app(app):
         errors = ops_checks.check_project_celery_app()

@@ -148,13 +148,15 @@ def _drain(celery_queue: str) -> None:
     with celery_app.connection_for_write() as conn:
         client = conn.default_channel.client
 
+        def unacked_here() -> int:
+            # The "unacked" hash is shared by every queue of the Redis database: count only
+            # this test's messages (earlier tests may leave entries for their own queues).
+            marker = celery_queue.encode()
+            return sum(1 for raw in client.hvals("unacked") if marker in raw)
+
         def drained() -> bool:
             running = IdempotencyKey.objects.filter(state=IdempotencyKey.State.RUNNING)
-            return (
-                client.llen(celery_queue) == 0
-                and client.hlen("unacked") == 0
-                and not running.exists()
-            )
+            return client.llen(celery_queue) == 0 and unacked_here() == 0 and not running.exists()
 
         wait_until(drained, timeout=30, what="the queue to drain")
 

@@ -18,7 +18,6 @@ from django.db import connection
 from djcelery_ops.deadletter.spool import ingest_spool
 from djcelery_ops.models import DeadLetter
 from tests.celery_app import app
-from tests.proxy import TcpProxy
 from tests.testapp import tasks
 from tests.testapp.models import Effect
 from tests.utils import wait_until
@@ -49,16 +48,6 @@ def queue_depth(queue: str) -> int:
     with app.connection_for_write() as conn, contextlib.suppress(*conn.channel_errors):
         return int(conn.default_channel.queue_declare(queue, passive=True).message_count)
     return 0
-
-
-@pytest.fixture
-def db_proxy():
-    if connection.vendor != "postgresql":
-        pytest.skip("needs PostgreSQL (DATABASE_URL): an SQLite file cannot go down")
-    settings_dict = connection.settings_dict
-    proxy = TcpProxy(settings_dict["HOST"] or "127.0.0.1", int(settings_dict["PORT"] or 5432))
-    yield proxy.start()
-    proxy.stop()
 
 
 # --- Item 1: the database goes down at the final failure -------------------------------------

@@ -13,23 +13,12 @@ from django.db import connection
 
 from djcelery_ops.idempotency.models import IdempotencyKey
 from djcelery_ops.models import DeadLetter
-from tests.proxy import TcpProxy
 from tests.test_reliability_capture import Scenario
 from tests.testapp import tasks
 from tests.testapp.models import Effect
 from tests.utils import wait_until
 
 pytestmark = [pytest.mark.worker, pytest.mark.postgres, pytest.mark.reliability]
-
-
-@pytest.fixture
-def db_proxy():
-    if connection.vendor != "postgresql":
-        pytest.skip("needs PostgreSQL (DATABASE_URL): the proxy reads its wire protocol")
-    settings_dict = connection.settings_dict
-    proxy = TcpProxy(settings_dict["HOST"] or "127.0.0.1", int(settings_dict["PORT"] or 5432))
-    yield proxy.start()
-    proxy.stop()
 
 
 @pytest.fixture

@@ -47,15 +47,6 @@ def needs(vendor: str, broker: str = "") -> None:
         pytest.skip(f"needs a {broker} broker (CELERY_BROKER_URL)")
 
 
-@pytest.fixture
-def db_proxy():
-    needs("postgresql")
-    settings_dict = connection.settings_dict
-    proxy = TcpProxy(settings_dict["HOST"] or "127.0.0.1", int(settings_dict["PORT"] or 5432))
-    yield proxy.start()
-    proxy.stop()
-
-
 def proxied_database_url(proxy: TcpProxy) -> str:
     return f"postgres://{connection.settings_dict['USER']}@127.0.0.1:{proxy.port}/postgres"
 

@@ -18,7 +18,6 @@ from djcelery_ops.deadletter.spool import ingest_spool, spooled_files, write_to_
 from djcelery_ops.management.commands.celery_ops_status import spool_lines
 from djcelery_ops.models import DeadLetter
 from tests.factories import failure_record
-from tests.proxy import TcpProxy
 from tests.test_reliability_capture import Scenario
 from tests.testapp import tasks
 from tests.testapp.models import Effect
@@ -69,16 +68,6 @@ def test_ingest__concurrent_ingestions_store_each_file_once(spool):
 
 
 # --- A spooled dead letter is ingested without a further failure ------------------------------
-
-
-@pytest.fixture
-def db_proxy():
-    if connection.vendor != "postgresql":
-        pytest.skip("needs PostgreSQL (DATABASE_URL): an SQLite file cannot go down")
-    settings_dict = connection.settings_dict
-    proxy = TcpProxy(settings_dict["HOST"] or "127.0.0.1", int(settings_dict["PORT"] or 5432))
-    yield proxy.start()
-    proxy.stop()
 
 
 @pytest.mark.worker

@@ -46,9 +46,11 @@ def test_status__no_worker__exits_5_with_the_reason_on_one_line(celery_queue):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_status__unreachable_broker_is_the_reason(settings, celery_queue):
+def test_status__unreachable_broker_is_the_reason(settings, celery_queue, monkeypatch):
     from tests.celery_app import app
 
+    # Celery's broker_url prefers the CELERY_BROKER_URL environment variable (CI sets it).
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
     url = app.conf.broker_url
     app.conf.broker_url = "redis://127.0.0.1:1/0"
     try:
