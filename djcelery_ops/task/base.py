@@ -232,8 +232,6 @@ class OpsTask(Task):  # type: ignore[type-arg]
         if request.called_directly or request.is_eager:
             return  # no message to lose: eager failures go through on_failure as before
         task_id = str(request.id or "")
-        fields = self._log_fields(task_id, exception_class=describe_exception(exc)[0])
-        log_event("task.failed", level=logging.ERROR, **fields)
         text = "".join(format_exception(type(exc), exc, exc.__traceback__))
         self._capture(exc, task_id, args, kwargs, text)
         request.djcelery_ops_captured = True  # type: ignore[attr-defined]
@@ -247,13 +245,14 @@ class OpsTask(Task):  # type: ignore[type-arg]
             return
         if getattr(self.request, "djcelery_ops_captured", False):
             return  # kept by __call__ already
-        fields = self._log_fields(task_id, exception_class=describe_exception(exc)[0])
-        log_event("task.failed", level=logging.ERROR, **fields)
         self._capture(exc, task_id, args, kwargs, getattr(einfo, "traceback", "") or "")
 
     def _capture(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, traceback: str
     ) -> None:
+        """Log ``task.failed`` and, unless the task opts out, keep the dead letter."""
+        fields = self._log_fields(task_id, exception_class=describe_exception(exc)[0])
+        log_event("task.failed", level=logging.ERROR, **fields)
         if not self.dead_letter_failures:
             return
         from djcelery_ops.deadletter.capture import capture_failure
