@@ -12,14 +12,17 @@ class DjceleryOpsConfig(AppConfig):
     def ready(self) -> None:
         # Importing registers the system checks; connecting is idempotent (dispatch_uid).
         from celery import signals
+        from django.core import checks as django_checks
 
         from djcelery_ops import checks  # noqa: F401
+        from djcelery_ops.crypto import check_encryption_keys
         from djcelery_ops.deadletter import receivers as deadletter_receivers
         from djcelery_ops.idempotency import receivers as idempotency_receivers
         from djcelery_ops.metrics import connect as connect_metrics
         from djcelery_ops.runs import receivers as runs_receivers
         from djcelery_ops.wire import stamp_queue_header
 
+        django_checks.register(check_encryption_keys, django_checks.Tags.security)
         signals.before_task_publish.connect(stamp_queue_header, dispatch_uid="djops.queue_header")
         deadletter_receivers.connect()
         idempotency_receivers.connect()

@@ -104,6 +104,10 @@ class OpsSettings:
     ]  # fmt: skip
     REDACT_PATTERNS: list[str] = [CARD_NUMBER_PATTERN]
 
+    # Encryption at rest of dead-letter payloads (the ``[crypto]`` extra): Fernet keys, the
+    # first encrypts, all decrypt. Empty: payloads are stored in clear.
+    ENCRYPTION_KEYS: list[str] = []
+
     # Metrics: a bearer token that opens the metrics view to a scraper (None: only users
     # with the djcelery_ops.view_metrics permission).
     METRICS_TOKEN: str | None = None

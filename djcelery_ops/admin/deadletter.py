@@ -9,7 +9,6 @@ the two extra views; each method is short and calls the dead-letter services.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django.contrib import admin, messages
@@ -28,25 +27,10 @@ from django.utils.translation import ngettext
 
 from djcelery_ops.admin.forms import EditReplayForm, ReasonForm
 from djcelery_ops.admin.mixins import ReadOnlyAdminMixin
+from djcelery_ops.admin.payload import edit_initial, opened, shown, shown_edits
 from djcelery_ops.deadletter import services as service
 from djcelery_ops.deadletter.models import DeadLetter
-from djcelery_ops.redact import redact, redact_text
-
-
-def _pretty(value: Any) -> SafeString:
-    # format_html escapes the JSON: args are user data and may hold markup. Secrets are
-    # shown redacted; the row keeps them for replay.
-    return format_html("<pre>{}</pre>", json.dumps(redact(value), indent=2, sort_keys=True))
-
-
-def _edit_initial(letter: DeadLetter) -> dict[str, str]:
-    # A truncated row holds a marked preview, not the call: prefilling it would invite
-    # publishing the marker as the task's arguments.
-    if letter.payload_truncated:
-        return {}
-    # Shown redacted: the form puts the stored values back where the operator left them.
-    return {"args": json.dumps(redact(letter.args)), "kwargs": json.dumps(redact(letter.kwargs))}
-
+from djcelery_ops.redact import redact_text
 
 _TITLES = {
     "replay": _("Replay dead letters?"),
@@ -142,20 +126,23 @@ class DeadLetterAdmin(ReadOnlyAdminMixin[DeadLetter]):
 
     @admin.display(description=_("args"))
     def pretty_args(self, obj: DeadLetter) -> SafeString:
-        return _pretty(obj.args)
+        return shown(obj, "args")
 
     @admin.display(description=_("kwargs"))
     def pretty_kwargs(self, obj: DeadLetter) -> SafeString:
-        return _pretty(obj.kwargs)
+        return shown(obj, "kwargs")
 
     @admin.display(description=_("publish options"))
     def pretty_options(self, obj: DeadLetter) -> SafeString:
-        return _pretty(obj.options)
+        return shown(obj, "options")
 
     @admin.display(description=_("rest of the chain"))
     def remaining_chain(self, obj: DeadLetter) -> str:
         """Task names of the chain links a replay continues with, in the order they run."""
-        workflow = (obj.options or {}).get("workflow") or {}
+        payload = opened(obj)
+        if isinstance(payload, str):
+            return payload
+        workflow = payload.options.get("workflow") or {}
         if workflow.get("__truncated__"):
             names = list(workflow.get("chain_tasks") or [])
             return " → ".join(names + [str(_("(workflow truncated)"))])
@@ -186,7 +173,7 @@ class DeadLetterAdmin(ReadOnlyAdminMixin[DeadLetter]):
             _("when"), _("by"), _("reason"), _("new task id"), _("outcome"), _("edits"),
             format_html_join(
                 "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                ((when, by, why, task_id, outcome, json.dumps(redact(edits)) if edits else "")
+                ((when, by, why, task_id, outcome, shown_edits(edits))
                  for when, by, why, task_id, outcome, edits in rows),
             ),
         )  # fmt: skip
@@ -364,9 +351,14 @@ class DeadLetterAdmin(ReadOnlyAdminMixin[DeadLetter]):
         if letter is None:  # also a malformed id: get_object answers None, not ValueError
             raise Http404(_("No dead letter with this id."))
         change_url = reverse("admin:djcelery_ops_deadletter_change", args=[letter.pk])
+        payload = opened(letter)
+        if isinstance(payload, str):  # the key was lost: nothing to show, nothing to replay
+            self.message_user(request, payload, messages.ERROR)
+            return HttpResponseRedirect(change_url)
+        truncated = letter.payload_truncated
         form = EditReplayForm(
-            request.POST or None, initial=_edit_initial(letter), truncated=letter.payload_truncated,
-            stored=letter,
+            request.POST or None, initial=edit_initial(payload, truncated), truncated=truncated,
+            stored=payload,
         )  # fmt: skip
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data

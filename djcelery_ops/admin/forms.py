@@ -104,8 +104,8 @@ class EditReplayForm(ReasonForm):
         # A truncated dead letter stores a marked preview, not the call: the operator
         # types the complete arguments; the marker must never be published as one.
         self.truncated = truncated
-        # The dead letter whose stored args/kwargs replace the "[redacted]" placeholders
-        # the form showed, where the operator left them as shown.
+        # The dead letter's payload (decrypted): its args/kwargs replace the "[redacted]"
+        # placeholders the form showed, where the operator left them as shown.
         self.stored = stored
 
     def _json(self, name: str, kind: type, kind_name: str) -> Any:

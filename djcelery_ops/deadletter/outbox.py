@@ -33,8 +33,10 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from djcelery_ops.conf import ops_settings
+from djcelery_ops.crypto import unseal
 from djcelery_ops.deadletter.call import accepted_content_types, decode_call, serializer_name
 from djcelery_ops.deadletter.models import DeadLetter, Replay
+from djcelery_ops.deadletter.sealed import Payload, PayloadKeyError, open_payload
 from djcelery_ops.wire import REPLAY_HEADER
 
 if TYPE_CHECKING:
@@ -82,9 +84,11 @@ def celery_app_problem(app: Celery) -> str | None:
     return None
 
 
-def publish_options(letter: DeadLetter, queue: str | None = None) -> dict[str, Any]:
+def publish_options(
+    letter: DeadLetter, queue: str | None = None, payload: Payload | None = None
+) -> dict[str, Any]:
     """Routing and headers of the original message, for a new task id and no ETA/expiry."""
-    stored = letter.options or {}
+    stored = (payload or open_payload(letter)).options
     headers = dict(stored.get("headers") or {})
     headers[REPLAY_HEADER] = str(letter.pk)
     options: dict[str, Any] = {"headers": headers, "retries": 0, "add_to_parent": False}
@@ -102,12 +106,12 @@ def publish_options(letter: DeadLetter, queue: str | None = None) -> dict[str, A
     return options
 
 
-def workflow_options(letter: DeadLetter) -> dict[str, Any]:
+def workflow_options(letter: DeadLetter, payload: Payload | None = None) -> dict[str, Any]:
     """The rest of the workflow the original message carried, for ``send_task``: the
     remaining ``chain`` (reversed, as Celery carries it), ``link`` and ``link_error``
     signatures, and the ``group_index``. A workflow over the size cap was not kept (a
     marker stands in for it): nothing is passed on."""
-    workflow = (letter.options or {}).get("workflow")
+    workflow = (payload or open_payload(letter)).options.get("workflow")
     if not isinstance(workflow, dict):
         return {}
     options: dict[str, Any] = {}
@@ -124,10 +128,10 @@ def workflow_options(letter: DeadLetter) -> dict[str, Any]:
 def _edited(replay: Replay, field: str, stored: Any) -> Any:
     """The value the operator gave for ``field`` (edit and replay), else the stored one."""
     edit = (replay.edits or {}).get(field)
-    return edit["new"] if isinstance(edit, dict) and "new" in edit else stored
+    return unseal(edit["new"]) if isinstance(edit, dict) and "new" in edit else stored
 
 
-def _edited_call(app: Celery, replay: Replay) -> tuple[Any, Any, dict[str, Any]]:
+def _edited_call(app: Celery, replay: Replay, payload: Payload) -> tuple[Any, Any, dict[str, Any]]:
     """Args, kwargs and serializer to publish: the kept call unless the operator edited it.
 
     The kept call is decoded (with the app's ``accept_content``) and published with the
@@ -136,12 +140,12 @@ def _edited_call(app: Celery, replay: Replay) -> tuple[Any, Any, dict[str, Any]]
     letter = replay.dead_letter
     edits = replay.edits or {}
     if not letter.call_content_type:
-        return _edited(replay, "args", letter.args), _edited(replay, "kwargs", letter.kwargs), {}
+        return _edited(replay, "args", payload.args), _edited(replay, "kwargs", payload.kwargs), {}
     serializer = {"serializer": serializer_name(letter.call_content_type)}
     if "args" in edits and "kwargs" in edits:
         return _edited(replay, "args", None), _edited(replay, "kwargs", None), serializer
     args, kwargs = decode_call(
-        letter.call_body,
+        payload.call_body,
         content_type=letter.call_content_type,
         content_encoding=letter.call_content_encoding,
         base64_body=letter.call_body_base64,
@@ -150,10 +154,10 @@ def _edited_call(app: Celery, replay: Replay) -> tuple[Any, Any, dict[str, Any]]
     return _edited(replay, "args", args), _edited(replay, "kwargs", kwargs), serializer
 
 
-def _send_original(app: Celery, replay: Replay, producer: Any) -> None:
+def _send_original(app: Celery, replay: Replay, producer: Any, payload: Payload) -> None:
     """The never-decoded body, unchanged, with its headers, under the replay's task id."""
     letter = replay.dead_letter
-    stored = letter.options or {}
+    stored = payload.options
     headers = dict(stored.get("message_headers") or {})
     headers.update(id=replay.new_task_id, retries=0, eta=None, expires=None)
     headers[REPLAY_HEADER] = str(letter.pk)
@@ -175,10 +179,11 @@ def _send_original(app: Celery, replay: Replay, producer: Any) -> None:
 
 def _send(app: Celery, replay: Replay, producer: Any) -> None:
     letter = replay.dead_letter
+    payload = open_payload(letter)  # PayloadKeyError: the key was lost since the claim
     if (replay.edits or {}).get("raw_body"):
-        _send_original(app, replay, producer)
+        _send_original(app, replay, producer, payload)
         return
-    args, kwargs, serializer = _edited_call(app, replay)
+    args, kwargs, serializer = _edited_call(app, replay, payload)
     app.send_task(
         letter.task_name,
         args=args,
@@ -186,8 +191,8 @@ def _send(app: Celery, replay: Replay, producer: Any) -> None:
         task_id=replay.new_task_id,
         producer=producer,
         **serializer,
-        **publish_options(letter, _edited(replay, "queue", None)),
-        **workflow_options(letter),
+        **publish_options(letter, _edited(replay, "queue", None), payload),
+        **workflow_options(letter, payload),
     )
 
 
@@ -212,8 +217,11 @@ def publish_replays(replays: Iterable[Replay], app: Celery | None = None) -> int
         _mark_published(sent)
         left = len(rows) - len(sent)
         logger.error("replay publish failed after %d of %d: %r", len(sent), len(rows), error)
+        cause = f"the broker failed after {len(sent)} of {len(rows)} replays ({error})"
+        if isinstance(error, PayloadKeyError):
+            cause = f"stopped after {len(sent)} of {len(rows)} replays: {error}"
         raise ReplayError(
-            f"the broker failed after {len(sent)} of {len(rows)} replays ({error}); the "
+            f"{cause}; the "
             f"{left} not confirmed stay in the outbox and are published again, with the "
             "same task ids, by the next replay_dead_letters run",
             published=len(sent),

@@ -34,6 +34,7 @@ from djcelery_ops.conf import ops_settings
 from djcelery_ops.deadletter.call import BLOCKED_NEVER_DECODED, accepted_content_types
 from djcelery_ops.deadletter.models import DeadLetter, Replay
 from djcelery_ops.deadletter.outbox import ReplayError, celery_app, publish_replays
+from djcelery_ops.deadletter.sealed import SKIP_KEY_MISSING, open_payload, seal_edits, unopenable
 from djcelery_ops.deadletter.selection import (
     SKIP_NOT_RAW,
     chunks,
@@ -53,12 +54,16 @@ Status = DeadLetter.Status
 
 
 def _edits(letter: DeadLetter, args: Any, kwargs: Any, queue: str | None) -> dict[str, Any]:
+    """What the operator changed, old and new; args and kwargs sealed like the letter's."""
     edits: dict[str, Any] = {}
+    payload = open_payload(letter) if args is not None or kwargs is not None else None
     for field, new in (("args", args), ("kwargs", kwargs), ("queue", queue)):
-        old = getattr(letter, field)
-        if new is not None and new != old:
+        if new is None:
+            continue
+        old = letter.queue if field == "queue" else getattr(payload, field)
+        if new != old:
             edits[field] = {"old": old, "new": new}
-    return edits
+    return seal_edits(edits)
 
 
 def replay(
@@ -101,6 +106,7 @@ def replay(
     for chunk in chunks(selected_ids(dead_letters), size):
         with transaction.atomic():
             ready = chunk if editable else _decodable(chunk, accepted, outcome)
+            ready = _openable(ready, outcome)
             claimed = claim(ready, Status.REPLAYED, allow_truncated=editable) if ready else []
             count_skipped(outcome, ready, claimed, editable)
             if claimed:
@@ -147,7 +153,7 @@ def republish_original(
                 ).values_list("pk", flat=True)
             )
             outcome.skipped[SKIP_NOT_RAW] += len(set(chunk) - raw)
-            ready = sorted(raw)
+            ready = _openable(sorted(raw), outcome)
             claimed = claim(ready, Status.REPLAYED, allow_truncated=True) if ready else []
             count_skipped(outcome, ready, claimed, True)
             if claimed:
@@ -203,6 +209,15 @@ def _decodable(ids: list[int], accepted: set[str], outcome: Outcome) -> list[int
         outcome.skipped[skip_not_accepted(content_type)] += 1
         left.discard(pk)
     return sorted(left)
+
+
+def _openable(ids: list[int], outcome: Outcome) -> list[int]:
+    """``ids`` without the rows no configured key decrypts: skipped, said why, left pending
+    (checked before the claim, so nothing is published without its real payload)."""
+    refused = unopenable(ids) if ids else set()
+    if refused:
+        outcome.skipped[SKIP_KEY_MISSING] += len(refused)
+    return [pk for pk in ids if pk not in refused]
 
 
 def _count(outcome: Outcome, replays: list[Replay]) -> None:

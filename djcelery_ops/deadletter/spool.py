@@ -4,12 +4,18 @@ Each record is one JSON file, written to a temporary name, fsynced and renamed, 
 leaves either a whole record or none. Ingestion stores a record, then deletes its file: a
 crash in between stores it again, which only counts one more occurrence. A file the
 database refuses is quarantined, never retried in front of the healthy ones.
+
+With ``DJCELERY_OPS_ENCRYPTION_KEYS`` set, a file holds the whole record sealed
+(``{"__djcelery_ops_sealed__": "<token>"}``): a payload is no more in clear on the worker's
+disk than in the database. A file no configured key opens is quarantined with that reason;
+restore the key and move it back to ingest it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fcntl
+import json
 import logging
 import os
 import tempfile
@@ -20,6 +26,7 @@ from typing import BinaryIO
 from django.db import DatabaseError, DataError, IntegrityError, InterfaceError
 
 from djcelery_ops.conf import ops_settings
+from djcelery_ops.crypto import PayloadKeyError, encryption_enabled, is_sealed, seal, unseal
 from djcelery_ops.deadletter.record import FailureRecord
 
 logger = logging.getLogger("djcelery_ops.deadletter")
@@ -37,12 +44,23 @@ def write_to_spool(record: FailureRecord) -> Path:
     name = f"{record.failed_at.replace(':', '')}-{uuid.uuid4().hex}.json"
     tmp = directory / f".{name}.tmp"
     with tmp.open("w", encoding="utf-8") as handle:
-        handle.write(record.to_json())
+        handle.write(spool_text(record))
         handle.flush()
         os.fsync(handle.fileno())
     final = directory / name
     tmp.rename(final)
     return final
+
+
+def spool_text(record: FailureRecord) -> str:
+    """What a spool file holds: the record's JSON, sealed whole when encryption is on."""
+    text = record.to_json()
+    return json.dumps(seal(json.loads(text))) if encryption_enabled() else text
+
+
+def record_from_spool_text(text: str) -> FailureRecord:
+    data = json.loads(text)
+    return FailureRecord.from_json(json.dumps(unseal(data)) if is_sealed(data) else text)
 
 
 def spooled_files() -> list[Path]:
@@ -121,8 +139,8 @@ def _ingest_file(path: Path) -> int:
         if not _claim(handle, path):
             return 0
         try:
-            record = FailureRecord.from_json(handle.read().decode("utf-8"))
-        except (OSError, ValueError, TypeError) as error:
+            record = record_from_spool_text(handle.read().decode("utf-8"))
+        except (OSError, ValueError, TypeError, PayloadKeyError) as error:
             raise _Unreadable from error
         store_record(record)
         path.unlink(missing_ok=True)

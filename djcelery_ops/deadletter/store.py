@@ -18,9 +18,11 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 
 from djcelery_ops.conf import ops_settings
+from djcelery_ops.crypto import seal, seal_text
 from djcelery_ops.deadletter.call import BLOCKED_TRUNCATED, encode_call
 from djcelery_ops.deadletter.models import DeadLetter
 from djcelery_ops.deadletter.record import WORKFLOW_KEY, FailureRecord
+from djcelery_ops.deadletter.sealed import seal_options
 from djcelery_ops.storable import storable_json, storable_text
 
 _VOLATILE = [
@@ -125,7 +127,7 @@ def call_fields(record: FailureRecord) -> dict[str, Any]:
     return {
         "call_content_type": str(call.get("content_type") or "")[:128],
         "call_content_encoding": str(call.get("content_encoding") or "")[:64],
-        "call_body": str(call.get("body") or ""),
+        "call_body": seal_text(str(call.get("body") or "")),
         "call_body_base64": bool(call.get("base64")),
         "replay_blocker": storable_text(record.replay_blocker)[:255],
     }
@@ -159,11 +161,12 @@ def store_record(record: FailureRecord) -> DeadLetter:
                     return DeadLetter.objects.create(
                         task_id=record.task_id[:255],
                         task_name=record.task_name[:255],
-                        args=args,
-                        kwargs=kwargs,
+                        # Sealed when DJCELERY_OPS_ENCRYPTION_KEYS is set (deadletter.sealed).
+                        args=seal(args),
+                        kwargs=seal(kwargs),
                         payload_truncated=truncated,
                         **call_fields(record),
-                        options=record.options,
+                        options=seal_options(record.options),
                         queue=record.queue[:255],
                         periodic_task_name=record.periodic_task_name[:255],
                         root_id=record.root_id[:255],
