@@ -93,6 +93,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 DJCELERY_OPS_DEAD_LETTER_SPOOL_DIR = os.environ.get(
     "DJCELERY_OPS_DEAD_LETTER_SPOOL_DIR", str(VAR_DIR / "spool")
 )
+# Encryption at rest: worker subprocesses get the test's keys from their environment.
+if os.environ.get("DJCELERY_OPS_TEST_ENCRYPTION_KEYS"):
+    DJCELERY_OPS_ENCRYPTION_KEYS = os.environ["DJCELERY_OPS_TEST_ENCRYPTION_KEYS"].split(",")
 DJCELERY_OPS_DEAD_LETTER_MAX_DELIVERIES = int(
     os.environ.get("DJCELERY_OPS_DEAD_LETTER_MAX_DELIVERIES", "5")
 )

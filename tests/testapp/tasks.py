@@ -105,6 +105,14 @@ def ops_fail_when(self, key: str, go_file: str) -> None:
     raise ValueError(f"failed after go for {key}")
 
 
+@ops_task(bind=True)
+def ops_sign_in(self, user: str, *, password: str, marker: str) -> None:
+    """Refused (PermanentError) until ``marker`` exists; then records what it was given."""
+    if not Path(marker).exists():
+        raise PermanentError(f"sign-in refused for {user}")
+    Effect.objects.create(key=f"signed-in:{user}:{password}", task_id=self.request.id)
+
+
 @shared_task
 def plain_raise(message: str) -> None:
     raise KeyError(message)
