@@ -37,7 +37,7 @@ _PUBLIC = {
     "Schedule": ("djcelery_ops.schedules.declarations", "Schedule"),
     "LockedDatabaseScheduler": ("djcelery_ops.schedules.scheduler", "LockedDatabaseScheduler"),
     # Logs
-    "JsonFormatter": ("djcelery_ops.logs", "JsonFormatter"),
+    "JsonFormatter": ("djcelery_ops.jsonlogs", "JsonFormatter"),
 }
 
 __all__ = [
@@ -70,7 +70,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ l
     from djcelery_ops.idempotency.execution import IdempotencyKeyBusy, current_idempotency_key
     from djcelery_ops.idempotency.keys import idempotency_headers, per_schedule_slot
     from djcelery_ops.idempotency.unique import PendingDuplicate
-    from djcelery_ops.logs import JsonFormatter
+    from djcelery_ops.jsonlogs import JsonFormatter
     from djcelery_ops.schedules.declarations import Schedule
     from djcelery_ops.schedules.scheduler import LockedDatabaseScheduler
     from djcelery_ops.task.base import OpsTask, ops_task

@@ -1,23 +1,20 @@
 """Structured logs: every event carries its fields in ``record.ops``, ready for JSON.
 
 The fields go through ``djcelery_ops.redact.redact`` first (``DJCELERY_OPS_REDACT_KEYS``
-and ``DJCELERY_OPS_REDACT_PATTERNS``), and the JSON formatter masks card-like values in
-any message it formats.
+and ``DJCELERY_OPS_REDACT_PATTERNS``). ``djcelery_ops.JsonFormatter`` (``jsonlogs``, on
+python-json-logger) writes one JSON object a line with these fields and the running task's
+context::
 
-Use ``djcelery_ops.logs.JsonFormatter`` on a handler to get one JSON object a line::
-
-    LOGGING["formatters"]["json"] = {"()": "djcelery_ops.logs.JsonFormatter"}
+    LOGGING["formatters"]["json"] = {"()": "djcelery_ops.JsonFormatter"}
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import json
 import logging
 from typing import Any
 
-from djcelery_ops.redact import redact, redact_text
+from djcelery_ops.redact import redact
 
 logger = logging.getLogger("djcelery_ops.task")
 
@@ -38,17 +35,11 @@ def log_event(event: str, source: Any = None, *, level: int = logging.INFO, **fi
     logger.log(level, "%s %s", event, summary, extra={"ops": data})
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, and the event's fields."""
+def __getattr__(name: str) -> Any:
+    # ``djcelery_ops.logs.JsonFormatter`` (the name of earlier releases) still works; the
+    # formatter lives apart so that logging events never needs python-json-logger.
+    if name == "JsonFormatter":
+        from djcelery_ops.jsonlogs import JsonFormatter
 
-    def format(self, record: logging.LogRecord) -> str:
-        payload: dict[str, Any] = {
-            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": redact_text(record.getMessage()),
-        }
-        payload.update(getattr(record, "ops", {}))
-        if record.exc_info:
-            payload["exc_info"] = self.formatException(record.exc_info)
-        return json.dumps(payload, default=str)
+        return JsonFormatter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
