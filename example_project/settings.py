@@ -111,6 +111,11 @@ DJCELERY_OPS_SCHEDULES = [
 CELERY_TASK_TRACK_STARTED = True
 
 DJCELERY_OPS_DEAD_LETTER_SPOOL_DIR = str(VAR_DIR / "spool")
+# Encryption at rest of dead-letter payloads (needs djcelery-ops[crypto]): Fernet keys from
+# the environment, comma-separated, newest first. Unset: payloads are stored in clear.
+DJCELERY_OPS_ENCRYPTION_KEYS = [
+    key for key in os.environ.get("DJCELERY_OPS_ENCRYPTION_KEYS", "").split(",") if key
+]
 
 LOGGING = {
     "version": 1,
