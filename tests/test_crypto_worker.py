@@ -88,3 +88,6 @@ def test_secret_kwarg__encrypted_at_rest_redacted_everywhere_and_replayed_intact
     call_command("celery_ops_status", "--json", "--timeout", "5", stdout=out)
     assert PASSWORD not in out.getvalue() and TOKEN not in out.getvalue()
     assert PASSWORD not in worker.log() and TOKEN not in worker.log()
+    metrics = client.get("/ops/metrics")
+    assert metrics.status_code == 200
+    assert PASSWORD.encode() not in metrics.content and TOKEN.encode() not in metrics.content
