@@ -69,6 +69,7 @@ POSITIVE = frozenset(
         "DEAD_LETTER_MAX_MESSAGE_BYTES",
         "DEAD_LETTER_MAX_TRACEBACK_BYTES",
         "IDEMPOTENCY_MAX_WAIT_SECONDS",
+        "QUEUE_DEPTH_CACHE_SECONDS",
     }
 )
 # Zero means "none": no retry, no backoff, no margin, no wait before recovering a replay.

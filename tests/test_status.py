@@ -34,14 +34,17 @@ def test_status__a_worker_answers__healthy_with_dead_letters_and_groups(worker):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_status__no_worker__exits_5_with_the_reason_on_one_line(celery_queue):
+def test_status__no_worker__exits_5_with_the_reason_on_one_line(celery_queue, settings):
+    settings.DJCELERY_OPS_QUEUE_DEPTH_QUEUES = [celery_queue]
     out = StringIO()
     with pytest.raises(CommandError) as raised:
         call_command("celery_ops_status", "--health", "--timeout", "0.5", stdout=out)
     assert raised.value.returncode == 6
     assert str(raised.value) == "unhealthy: no worker answered the ping"
     lines = out.getvalue().splitlines()
-    assert lines[:3] == ["Broker: reachable", "Workers answering: 0", "Dead letters: none"]
+    assert lines[:2] == ["Broker: reachable", "Workers answering: 0"]
+    assert lines[2] == f"Queue depths: {celery_queue} 0"
+    assert lines[3] == "Dead letters: none"
     assert lines[-1].startswith("Beat leader: none")
 
 

@@ -35,6 +35,7 @@ from django.utils.module_loading import import_string
 from djcelery_ops.conf import ops_settings
 from djcelery_ops.deadletter.call import accepted_content_types, decode_call, serializer_name
 from djcelery_ops.deadletter.models import DeadLetter, Replay
+from djcelery_ops.signals import replays_published
 from djcelery_ops.wire import REPLAY_HEADER
 
 if TYPE_CHECKING:
@@ -211,6 +212,7 @@ def publish_replays(replays: Iterable[Replay], app: Celery | None = None) -> int
     except Exception as error:
         _mark_published(sent)
         left = len(rows) - len(sent)
+        _announce(published=len(sent), unconfirmed=left)
         logger.error("replay publish failed after %d of %d: %r", len(sent), len(rows), error)
         raise ReplayError(
             f"the broker failed after {len(sent)} of {len(rows)} replays ({error}); the "
@@ -220,7 +222,14 @@ def publish_replays(replays: Iterable[Replay], app: Celery | None = None) -> int
             unconfirmed=left,
         ) from error
     _mark_published(sent)
+    _announce(published=len(sent), unconfirmed=0)
     return len(sent)
+
+
+def _announce(*, published: int, unconfirmed: int) -> None:
+    replays_published.send_robust(
+        publish_replays, published=published, unconfirmed=unconfirmed, skipped=0
+    )
 
 
 def _mark_published(task_ids: list[str]) -> None:
