@@ -272,9 +272,7 @@ def test_w004__reads_the_celery_setting_when_djcelery_ops_leaves_it(settings, ce
     del settings.DJCELERY_OPS_TASK_ACKS_LATE  # unset, whatever the settings module says
     celery_conf.task_acks_late = False  # the project's Celery setting, read by OpsTask too
     try:
-        assert ids(ops_checks.check_acks_late_with_reject_on_worker_lost()) == [
-            "djcelery_ops.W004"
-        ]
+        assert ids(ops_checks.check_acks_late_with_reject_on_worker_lost()) == ["djcelery_ops.W004"]
     finally:
         celery_conf.changes.pop("task_acks_late", None)
 
