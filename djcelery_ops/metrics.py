@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from djcelery_ops.wire import QUEUE_HEADER, REPLAY_HEADER, SCHEDULE_SLOT_HEADER, request_header
@@ -230,7 +231,7 @@ def exposition() -> tuple[bytes, str]:
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     scraped = CollectorRegistry(auto_describe=False)
-    scraped.register(OpsCollector())  # type: ignore[arg-type]
+    scraped.register(OpsCollector())
     return generate_latest(registry) + generate_latest(scraped), CONTENT_TYPE_LATEST
 
 
@@ -259,7 +260,7 @@ def connect() -> None:
         (signals.worker_process_shutdown, on_worker_process_shutdown),
     ):
         signal.connect(receiver, weak=False, dispatch_uid=f"djops.metrics.{receiver.__name__}")
-    for ops_signal, receiver in (
+    ours: tuple[tuple[Any, Callable[..., None]], ...] = (
         (ops_signals.dead_lettered, on_dead_lettered),
         (ops_signals.replays_published, on_replays_published),
         (ops_signals.dead_letters_discarded, on_dead_letters_discarded),
@@ -267,5 +268,7 @@ def connect() -> None:
         (ops_signals.beat_leadership_changed, on_beat_leadership_changed),
         (ops_signals.run_events_dropped, on_run_events_dropped),
         (ops_signals.run_events_flushed, on_run_events_flushed),
-    ):
-        ops_signal.connect(receiver, weak=False, dispatch_uid=f"djops.metrics.{receiver.__name__}")
+    )
+    for ops_signal, ops_receiver in ours:
+        uid = f"djops.metrics.{ops_receiver.__name__}"
+        ops_signal.connect(ops_receiver, weak=False, dispatch_uid=uid)

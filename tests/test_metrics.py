@@ -209,3 +209,32 @@ def test_every_metric__read_back_from_a_prefork_worker_and_beat(
         assert value(after, name, **labels) - value(before, name, **labels) == added, name
     for forbidden in ("boom", "m1", letter.task_id):  # never arguments or task ids
         assert forbidden not in text + after
+
+
+@pytest.mark.django_db
+def test_recorder_drops_and_leader_changes__counted_by_reason(client, settings, monkeypatch):
+    """The recorder's buffer full (capacity 20 at a batch size of 1) and a beat stepping
+    down, in this process (a worker's and a beat's counts are read above)."""
+    from djcelery_ops.runs.recorder import RunRecorder
+    from djcelery_ops.schedules.scheduler import LockedDatabaseScheduler
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    settings.DJCELERY_OPS_METRICS_TOKEN = "scrape-me"
+    settings.DJCELERY_OPS_RUNS_BATCH_SIZE = 1
+    before = scrape(client)
+    recorder = RunRecorder(start_writer=False)
+    for number in range(22):
+        recorder.add({"task_id": f"dropped-{number}"})
+    scheduler = LockedDatabaseScheduler(app=app, lazy=True)
+    assert scheduler.hold_lease()
+    scheduler._step_down("a test")
+    after = scrape(client)
+
+    def added(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert recorder.dropped == 2
+    assert added("djcelery_ops_recorder_dropped_events_total", reason="buffer_full") == 2
+    assert added("djcelery_ops_beat_leader_changes_total", change="acquired") == 1
+    assert added("djcelery_ops_beat_leader_changes_total", change="lost") == 1
+    assert "dropped-" not in after
