@@ -120,18 +120,20 @@ def recorder_lag() -> float | None:
     return round((timezone.now() - max(moments)).total_seconds(), 3)
 
 
-def _depths_or_nothing() -> dict[str, int]:
+def _depths_or_nothing(fresh: bool) -> dict[str, int]:
     try:
-        return queue_depths(fresh=True)
+        return queue_depths(fresh=fresh)
     except Exception:  # the broker went between the probe and this: reported by the probe
         return {}
 
 
-def read_status(*, timeout: float = 1.0) -> Status:
+def read_status(*, timeout: float = 1.0, fresh_depths: bool = False) -> Status:
+    """``fresh_depths``: measure the queues now (the command) rather than reuse this
+    process's measurement (the readiness view, polled like a scrape)."""
     status = Status(broker=broker_problem(timeout))
     if status.broker is None:
         status.workers = answering_workers(timeout)
-        status.queue_depths = _depths_or_nothing()
+        status.queue_depths = _depths_or_nothing(fresh_depths)
     status.dead_letters = dead_letter_counts()
     status.top_groups = top_groups()
     status.beat_leader, status.beat_last_tick_seconds_ago = beat_leader()

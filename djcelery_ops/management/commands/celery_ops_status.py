@@ -104,7 +104,7 @@ class Command(OpsCommand):
         if not (health or json):
             self._write_sections()
             return
-        status = read_status(timeout=timeout)
+        status = read_status(timeout=timeout, fresh_depths=True)
         if json:
             self.stdout.write(_json.dumps(status.as_dict(), default=str, sort_keys=True))
         else:
