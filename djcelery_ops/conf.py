@@ -111,6 +111,11 @@ class OpsSettings:
     # Metrics: a bearer token that opens the metrics view to a scraper (None: only users
     # with the djcelery_ops.view_metrics permission).
     METRICS_TOKEN: str | None = None
+    # Queue depths (metrics and status): the queues to measure (None: the Celery app's
+    # configured queues, ``task_queues`` or the default queue), and how long one
+    # measurement is reused, so a scrape is not a broker round-trip per queue.
+    QUEUE_DEPTH_QUEUES: list[str] | None = None
+    QUEUE_DEPTH_CACHE_SECONDS: float = 15.0
 
     def __init__(self) -> None:
         self._cache: dict[str, Any] = {}

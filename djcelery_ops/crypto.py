@@ -180,7 +180,7 @@ __all__ = [
 
 
 def check_encryption_keys(app_configs: Any = None, **kwargs: Any) -> list[Any]:
-    """System check ``djcelery_ops.E010``, registered by the app config."""
+    """System check ``djcelery_ops.E009``, registered by the app config."""
     from django.core import checks
 
     problem = key_problem()
@@ -191,6 +191,6 @@ def check_encryption_keys(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             problem,
             hint=f"Set {SETTING} to a list of Fernet keys (the first encrypts) and install "
             "djcelery-ops[crypto], or leave it empty to store payloads in clear.",
-            id="djcelery_ops.E010",
+            id="djcelery_ops.E009",
         )
     ]

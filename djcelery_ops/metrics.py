@@ -1,4 +1,9 @@
-"""Prometheus metrics from Celery's signals and djcelery_ops' ``dead_lettered`` signal.
+"""Prometheus metrics from Celery's signals and djcelery_ops' own (``djcelery_ops.signals``).
+
+The parts never import this module: they send signals, this module receives them. Queue
+depths and spool files are read when the view is scraped (``OpsCollector``): queue depths
+from the broker at most once per ``DJCELERY_OPS_QUEUE_DEPTH_CACHE_SECONDS``, spool files
+from the directory of the host that serves the view.
 
 Needs the ``[prometheus]`` extra (prometheus-client); without it ``connect()`` does nothing
 and the view answers 501. Only the app config imports this module. Labels are bounded:
@@ -13,12 +18,15 @@ imports prometheus_client. The view then sums every process's files with
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from djcelery_ops.wire import QUEUE_HEADER, REPLAY_HEADER, SCHEDULE_SLOT_HEADER, request_header
 
+logger = logging.getLogger("djcelery_ops.metrics")
 PREFIX = "djcelery_ops"
 RUNTIME_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _started: dict[str, float] = {}
@@ -43,7 +51,7 @@ def metrics() -> Any:
 
 class _Metrics:
     def __init__(self) -> None:
-        from prometheus_client import Counter, Histogram
+        from prometheus_client import Counter, Gauge, Histogram
 
         task = ["task_name", "queue"]
         self.started = Counter(f"{PREFIX}_tasks_started", "Tasks started by a worker.", task)
@@ -63,6 +71,34 @@ class _Metrics:
         )
         self.beat_dispatches = Counter(
             f"{PREFIX}_beat_dispatches", "Periodic runs sent by beat.", ["task_name"]
+        )
+        self.leader_changes = Counter(
+            f"{PREFIX}_beat_leader_changes",
+            "Beat processes taking (acquired) or losing (lost) the lease.",
+            ["change"],
+        )
+        self.replays_published = Counter(
+            f"{PREFIX}_replays_published",
+            "Replays of dead letters: published, unconfirmed by the broker, or skipped.",
+            ["outcome"],
+        )
+        self.discards = Counter(
+            f"{PREFIX}_discards", "Discards of dead letters: discarded or skipped.", ["outcome"]
+        )
+        self.duplicates = Counter(
+            f"{PREFIX}_idempotency_duplicates_suppressed",
+            "Deliveries whose idempotency key was done: the body did not run.",
+            ["task_name"],
+        )
+        self.run_events_dropped = Counter(
+            f"{PREFIX}_recorder_dropped_events",
+            "Job-run events the recorder gave up.",
+            ["reason"],
+        )
+        self.recorder_backlog = Gauge(
+            f"{PREFIX}_recorder_backlog",
+            "Task ids waiting in the job-run recorders' buffers after their last flush.",
+            multiprocess_mode="livesum",
         )
 
 
@@ -109,6 +145,77 @@ def on_dead_lettered(record: Any = None, **kwargs: Any) -> None:
     metrics().dead_letters.labels(str(record.task_name), str(record.reason)).inc()
 
 
+def _add(counter: Any, outcome: str, count: int) -> None:
+    if count:
+        counter.labels(outcome).inc(count)
+
+
+def on_replays_published(
+    published: int = 0, unconfirmed: int = 0, skipped: int = 0, **kwargs: Any
+) -> None:
+    replays = metrics().replays_published
+    _add(replays, "published", published)
+    _add(replays, "unconfirmed", unconfirmed)
+    _add(replays, "skipped", skipped)
+
+
+def on_dead_letters_discarded(discarded: int = 0, skipped: int = 0, **kwargs: Any) -> None:
+    _add(metrics().discards, "discarded", discarded)
+    _add(metrics().discards, "skipped", skipped)
+
+
+def on_duplicate_suppressed(task_name: str = "", **kwargs: Any) -> None:
+    metrics().duplicates.labels(str(task_name)).inc()
+
+
+def on_beat_leadership_changed(leading: bool = False, **kwargs: Any) -> None:
+    metrics().leader_changes.labels("acquired" if leading else "lost").inc()
+
+
+def on_run_events_dropped(count: int = 0, reason: str = "", **kwargs: Any) -> None:
+    _add(metrics().run_events_dropped, str(reason), count)
+
+
+def on_run_events_flushed(backlog: int = 0, **kwargs: Any) -> None:
+    metrics().recorder_backlog.set(backlog)
+
+
+class OpsCollector:
+    """Read at each scrape: queue depths (cached) and this host's dead-letter spool."""
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        from djcelery_ops.deadletter.spool import quarantined_files, spooled_files
+        from djcelery_ops.queues import queue_depths
+
+        spool = GaugeMetricFamily(
+            f"{PREFIX}_spool_files",
+            "Dead letters in this host's spool: waiting for ingestion, or quarantined.",
+            labels=["state"],
+        )
+        spool.add_metric(["waiting"], len(spooled_files()))
+        spool.add_metric(["quarantined"], len(quarantined_files()))
+        yield spool
+        depth = GaugeMetricFamily(
+            f"{PREFIX}_queue_depth", "Messages waiting in each broker queue.", labels=["queue"]
+        )
+        up = GaugeMetricFamily(
+            f"{PREFIX}_queue_depth_up", "1 when the broker answered the last queue measurement."
+        )
+        try:
+            depths = queue_depths()
+        except Exception:  # the broker is away: say so, do not fail the scrape
+            logger.warning("queue depths not measured", exc_info=True)
+            up.add_metric([], 0)
+        else:
+            up.add_metric([], 1)
+            for queue, count in sorted(depths.items()):
+                depth.add_metric([queue], count)
+        yield depth
+        yield up
+
+
 def on_before_task_publish(sender: Any = None, headers: Any = None, **kwargs: Any) -> None:
     if isinstance(headers, dict) and headers.get(SCHEDULE_SLOT_HEADER):
         metrics().beat_dispatches.labels(str(sender or "")).inc()
@@ -123,7 +230,9 @@ def exposition() -> tuple[bytes, str]:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    scraped = CollectorRegistry(auto_describe=False)
+    scraped.register(OpsCollector())
+    return generate_latest(registry) + generate_latest(scraped), CONTENT_TYPE_LATEST
 
 
 def on_worker_process_shutdown(pid: int | None = None, **kwargs: Any) -> None:
@@ -139,7 +248,7 @@ def connect() -> None:
         return
     from celery import signals
 
-    from djcelery_ops.signals import dead_lettered
+    from djcelery_ops import signals as ops_signals
 
     for signal, receiver in (
         (signals.task_prerun, on_task_prerun),
@@ -151,4 +260,15 @@ def connect() -> None:
         (signals.worker_process_shutdown, on_worker_process_shutdown),
     ):
         signal.connect(receiver, weak=False, dispatch_uid=f"djops.metrics.{receiver.__name__}")
-    dead_lettered.connect(on_dead_lettered, weak=False, dispatch_uid="djops.metrics.dead")
+    ours: tuple[tuple[Any, Callable[..., None]], ...] = (
+        (ops_signals.dead_lettered, on_dead_lettered),
+        (ops_signals.replays_published, on_replays_published),
+        (ops_signals.dead_letters_discarded, on_dead_letters_discarded),
+        (ops_signals.duplicate_suppressed, on_duplicate_suppressed),
+        (ops_signals.beat_leadership_changed, on_beat_leadership_changed),
+        (ops_signals.run_events_dropped, on_run_events_dropped),
+        (ops_signals.run_events_flushed, on_run_events_flushed),
+    )
+    for ops_signal, ops_receiver in ours:
+        uid = f"djops.metrics.{ops_receiver.__name__}"
+        ops_signal.connect(ops_receiver, weak=False, dispatch_uid=uid)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typing
 
 import pytest
+from django.conf import settings
 from django.core import checks
 from django.db import connections
 
@@ -19,7 +20,8 @@ def ids(messages: list[checks.CheckMessage]) -> list[str]:
 def ops_ids(**options: typing.Any) -> list[str]:
     """Ids of djcelery_ops reported by ``run_checks``, as ``manage.py check`` does."""
     found = ids(checks.run_checks(**options))
-    return [found_id for found_id in found if found_id.startswith("djcelery_ops.")]
+    silenced = set(settings.SILENCED_SYSTEM_CHECKS)  # dropped by the command, not run_checks
+    return [i for i in found if i.startswith("djcelery_ops.") and i not in silenced]
 
 
 def test_a_complete_installation__reports_nothing():
@@ -221,3 +223,93 @@ def test_w102__a_lease_of_the_wrong_type_is_left_to_e002(settings):
 def test_e101__schedules_of_the_wrong_type_are_left_to_e002(settings):
     settings.DJCELERY_OPS_SCHEDULES = 7
     assert ops_checks.check_schedule_declarations() == []
+
+
+# --- The Celery and Django configuration djcelery_ops relies on (checks/celery_config.py) ---
+
+
+@pytest.fixture
+def celery_conf():
+    """The tests' Celery app configuration, restored after the test."""
+    from tests.celery_app import app
+
+    saved = {key: app.conf[key] for key in ("accept_content", "result_backend", "result_expires")}
+    saved_reuse = app.conf.get("db_reuse_max")
+    yield app.conf
+    app.conf.update(saved)
+    app.conf["db_reuse_max"] = saved_reuse
+
+
+@pytest.mark.parametrize(
+    "accepted", [["json", "pickle"], ["application/x-python-serialize"], ("pickle",)]
+)
+def test_e008__pickle_accepted_by_the_worker_is_an_error(celery_conf, accepted):
+    celery_conf.accept_content = accepted
+    errors = ops_checks.check_pickle_not_accepted()
+    assert ids(errors) == ["djcelery_ops.E008"]
+    assert 'CELERY_ACCEPT_CONTENT = ["json"]' in errors[0].hint
+    assert "djcelery_ops.E008" in ops_ids()
+    celery_conf.accept_content = ["json", "application/x-yaml"]
+    assert ops_checks.check_pickle_not_accepted() == []
+
+
+@pytest.mark.parametrize(
+    ("late", "reject", "said"),
+    [(True, False, "acks_late is on without"), (False, True, "reject_on_worker_lost is on")],
+)
+def test_w004__acks_late_and_reject_on_worker_lost_must_go_together(settings, late, reject, said):
+    settings.DJCELERY_OPS_TASK_ACKS_LATE = late
+    settings.DJCELERY_OPS_TASK_REJECT_ON_WORKER_LOST = reject
+    warnings = ops_checks.check_acks_late_with_reject_on_worker_lost()
+    assert ids(warnings) == ["djcelery_ops.W004"]
+    assert warnings[0].msg.startswith(said)
+    assert "djcelery_ops.W004" in ops_ids()
+    settings.DJCELERY_OPS_TASK_REJECT_ON_WORKER_LOST = late
+    assert ops_checks.check_acks_late_with_reject_on_worker_lost() == []
+
+
+def test_w004__reads_the_celery_setting_when_djcelery_ops_leaves_it(settings, celery_conf):
+    del settings.DJCELERY_OPS_TASK_ACKS_LATE  # unset, whatever the settings module says
+    celery_conf.task_acks_late = False  # the project's Celery setting, read by OpsTask too
+    try:
+        assert ids(ops_checks.check_acks_late_with_reject_on_worker_lost()) == ["djcelery_ops.W004"]
+    finally:
+        celery_conf.changes.pop("task_acks_late", None)
+
+
+def test_w005__a_new_database_connection_per_task(settings, celery_conf):
+    if connections["default"].vendor == "sqlite":
+        assert ops_checks.check_database_connection_per_task() == []  # cheap on SQLite
+        return
+    celery_conf["db_reuse_max"] = None
+    warnings = ops_checks.check_database_connection_per_task()
+    assert ids(warnings) == ["djcelery_ops.W005"]
+    assert "CELERY_DB_REUSE_MAX" in warnings[0].hint
+    settings.SILENCED_SYSTEM_CHECKS = []  # the suite silences it (see tests/settings.py)
+    assert "djcelery_ops.W005" in ops_ids()
+    celery_conf["db_reuse_max"] = 100
+    assert ops_checks.check_database_connection_per_task() == []
+
+
+def test_w006__a_result_backend_without_expiry(celery_conf):
+    celery_conf.result_backend = "django-db"
+    celery_conf.result_expires = None
+    warnings = ops_checks.check_result_backend_expires()
+    assert ids(warnings) == ["djcelery_ops.W006"]
+    assert "(django-db)" in warnings[0].msg and "CELERY_RESULT_EXPIRES" in warnings[0].hint
+    assert "djcelery_ops.W006" in ops_ids()
+    celery_conf.result_expires = 3600
+    assert ops_checks.check_result_backend_expires() == []
+    celery_conf.result_backend = None
+    celery_conf.result_expires = None
+    assert ops_checks.check_result_backend_expires() == []  # no results kept at all
+
+
+def test_w007__use_tz_off(settings):
+    settings.USE_TZ = False
+    warnings = ops_checks.check_use_tz()
+    assert ids(warnings) == ["djcelery_ops.W007"]
+    assert "USE_TZ = True" in warnings[0].hint
+    assert "djcelery_ops.W007" in ops_ids()
+    settings.USE_TZ = True
+    assert ops_checks.check_use_tz() == []

@@ -1,5 +1,5 @@
 """Encryption at rest of dead-letter payloads: envelopes, rotation, the re-encrypt command,
-a lost key (refused clearly, nothing published), the spool, and check E010."""
+a lost key (refused clearly, nothing published), the spool, and check E009."""
 
 from __future__ import annotations
 
@@ -201,16 +201,16 @@ def test_spool__a_file_no_key_opens_is_quarantined_with_the_reason(settings):
 
 def test_check_e010__a_value_that_is_not_a_fernet_key(settings):
     settings.DJCELERY_OPS_ENCRYPTION_KEYS = ["not-a-key"]
-    [error] = [e for e in run_checks() if e.id == "djcelery_ops.E010"]
+    [error] = [e for e in run_checks() if e.id == "djcelery_ops.E009"]
     assert "not a Fernet key" in error.msg
     settings.DJCELERY_OPS_ENCRYPTION_KEYS = [NEW, OLD]
-    assert not [e for e in run_checks() if e.id == "djcelery_ops.E010"]
+    assert not [e for e in run_checks() if e.id == "djcelery_ops.E009"]
 
 
 def test_check_e010__keys_set_without_cryptography_installed(settings, monkeypatch):
     monkeypatch.setitem(sys.modules, "cryptography.fernet", None)  # import fails
     crypto._multi_fernet.cache_clear()
     settings.DJCELERY_OPS_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
-    [error] = [e for e in run_checks() if e.id == "djcelery_ops.E010"]
+    [error] = [e for e in run_checks() if e.id == "djcelery_ops.E009"]
     assert "cryptography package is not installed" in error.msg
     assert "djcelery-ops[crypto]" in error.msg

@@ -34,14 +34,17 @@ def test_status__a_worker_answers__healthy_with_dead_letters_and_groups(worker):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_status__no_worker__exits_5_with_the_reason_on_one_line(celery_queue):
+def test_status__no_worker__exits_5_with_the_reason_on_one_line(celery_queue, settings):
+    settings.DJCELERY_OPS_QUEUE_DEPTH_QUEUES = [celery_queue]
     out = StringIO()
     with pytest.raises(CommandError) as raised:
         call_command("celery_ops_status", "--health", "--timeout", "0.5", stdout=out)
     assert raised.value.returncode == 6
     assert str(raised.value) == "unhealthy: no worker answered the ping"
     lines = out.getvalue().splitlines()
-    assert lines[:3] == ["Broker: reachable", "Workers answering: 0", "Dead letters: none"]
+    assert lines[:2] == ["Broker: reachable", "Workers answering: 0"]
+    assert lines[2] == f"Queue depths: {celery_queue} 0"
+    assert lines[3] == "Dead letters: none"
     assert lines[-1].startswith("Beat leader: none")
 
 
@@ -78,3 +81,60 @@ def test_health_views__liveness_open__readiness_needs_token_or_permission(
     body = ready.json()
     assert body["problem"] == "no worker answered the ping"
     assert body["dead_letters"] == {"pending": 1} and "hunter2" not in ready.content.decode()
+
+
+def status_json(*env_pairs: tuple[str, str], queue: str) -> tuple[int, dict, str]:
+    """``manage.py celery_ops_status --json`` in a subprocess, as a probe or cron runs it."""
+    from tests.test_commands import finish, manage
+
+    code, out, err = finish(
+        manage("celery_ops_status", "--json", "--timeout", "3", DJCELERY_OPS_TEST_QUEUE=queue,
+               **dict(env_pairs))
+    )  # fmt: skip
+    return code, json.loads(out), err
+
+
+@pytest.mark.worker
+def test_status_json__running_worker__stopped_worker__cut_broker(start_worker, celery_queue):
+    """The done-when of issue 17: the same command against the three states, the broker
+    reached through a proxy the test cuts."""
+    from urllib.parse import urlsplit
+
+    from tests.celery_app import app
+    from tests.proxy import TcpProxy
+
+    url = urlsplit(app.conf.broker_url)
+    if url.scheme != "redis":
+        pytest.skip("needs a TCP broker (CELERY_BROKER_URL=redis://...) to cut")
+    proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 6379).start()
+    through_proxy = ("CELERY_BROKER_URL", f"redis://127.0.0.1:{proxy.port}{url.path or '/0'}")
+    worker = start_worker()
+    dead_letter(task_name="shop.charge")
+    try:
+        code, status, err = status_json(through_proxy, queue=celery_queue)
+        assert (code, err) == (0, "")
+        assert status["healthy"] is True and status["broker"] is None
+        assert [name.split("@")[0] for name in status["workers"]] == [worker.name.split("@")[0]]
+        assert status["queue_depths"][celery_queue] == 0
+        assert status["dead_letters"] == {"pending": 1}
+        assert status["top_groups"][0]["task_name"] == "shop.charge"
+        for key in ("spool_files", "spool_quarantined", "stuck_runs", "interrupted_replays"):
+            assert status[key] == 0, key
+        assert status["beat_leader"] is None and status["beat_last_tick_seconds_ago"] is None
+
+        worker.stop()
+        code, status, err = status_json(through_proxy, queue=celery_queue)
+        assert code == 6
+        assert err == "CommandError: unhealthy: no worker answered the ping\n"
+        assert status["healthy"] is False and status["workers"] == []
+        assert status["queue_depths"][celery_queue] == 0  # the broker still answers
+
+        proxy.stop()
+        code, status, err = status_json(through_proxy, queue=celery_queue)
+        assert code == 6
+        assert err.startswith("CommandError: unhealthy: broker unreachable: ")
+        assert err.count("\n") == 1
+        assert status["broker"] and status["workers"] == [] and status["queue_depths"] == {}
+        assert status["dead_letters"] == {"pending": 1}  # the database part still reported
+    finally:
+        proxy.stop()

@@ -14,6 +14,7 @@ from djcelery_ops.db import delete_in_batches
 from djcelery_ops.deadletter.models import DeadLetter, Discard
 from djcelery_ops.deadletter.selection import chunks, selected_ids
 from djcelery_ops.deadletter.transitions import Outcome, actor_of, claim, count_skipped
+from djcelery_ops.signals import dead_letters_discarded
 
 if TYPE_CHECKING:
     from djcelery_ops.deadletter.transitions import Actor
@@ -46,6 +47,8 @@ def discard(
         outcome.per_task.update(names)
         outcome.done += len(claimed)
         outcome.dead_letter_ids.extend(claimed)
+    skipped = sum(outcome.skipped.values())
+    dead_letters_discarded.send_robust(discard, discarded=outcome.done, skipped=skipped)
     return outcome
 
 

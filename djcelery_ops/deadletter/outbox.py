@@ -37,6 +37,7 @@ from djcelery_ops.crypto import unseal
 from djcelery_ops.deadletter.call import accepted_content_types, decode_call, serializer_name
 from djcelery_ops.deadletter.models import DeadLetter, Replay
 from djcelery_ops.deadletter.sealed import Payload, PayloadKeyError, open_payload
+from djcelery_ops.signals import replays_published
 from djcelery_ops.wire import REPLAY_HEADER
 
 if TYPE_CHECKING:
@@ -216,6 +217,7 @@ def publish_replays(replays: Iterable[Replay], app: Celery | None = None) -> int
     except Exception as error:
         _mark_published(sent)
         left = len(rows) - len(sent)
+        _announce(published=len(sent), unconfirmed=left)
         logger.error("replay publish failed after %d of %d: %r", len(sent), len(rows), error)
         cause = f"the broker failed after {len(sent)} of {len(rows)} replays ({error})"
         if isinstance(error, PayloadKeyError):
@@ -228,7 +230,14 @@ def publish_replays(replays: Iterable[Replay], app: Celery | None = None) -> int
             unconfirmed=left,
         ) from error
     _mark_published(sent)
+    _announce(published=len(sent), unconfirmed=0)
     return len(sent)
+
+
+def _announce(*, published: int, unconfirmed: int) -> None:
+    replays_published.send_robust(
+        publish_replays, published=published, unconfirmed=unconfirmed, skipped=0
+    )
 
 
 def _mark_published(task_ids: list[str]) -> None:

@@ -42,6 +42,7 @@ from djcelery_ops.deadletter.selection import (
     skip_not_accepted,
 )
 from djcelery_ops.deadletter.transitions import Outcome, actor_of, claim, count_skipped
+from djcelery_ops.signals import replays_published
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -112,6 +113,9 @@ def replay(
             if claimed:
                 edits = partial(_edits, args=args, kwargs=kwargs, queue=queue)
                 _outbox(outcome, claimed, user, by_text, reason, app, edits)
+    if outcome.skipped:
+        skipped = sum(outcome.skipped.values())
+        replays_published.send_robust(replay, published=0, unconfirmed=0, skipped=skipped)
     return outcome
 
 

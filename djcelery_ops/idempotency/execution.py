@@ -17,6 +17,7 @@ from djcelery_ops.idempotency.claim import Claim, claim_lease, complete_lease, r
 from djcelery_ops.idempotency.keys import delivery_key, header_key, key_from_option
 from djcelery_ops.idempotency.models import IdempotencyKey
 from djcelery_ops.logs import log_event
+from djcelery_ops.signals import duplicate_suppressed
 from djcelery_ops.wire import (
     IDEMPOTENCY_KEY_HEADER,
     KEY_WAIT_SINCE_HEADER,
@@ -119,6 +120,7 @@ def _duplicate(task: Any, claim: Claim) -> Any:
             completed_by=existing.owner_task_id,
             result_stored=existing.result_stored,
         )
+        duplicate_suppressed.send_robust(run_idempotently, task_name=task.name)
         return existing.result
     return _wait_for_holder(task, existing)
 

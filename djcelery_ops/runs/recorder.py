@@ -34,6 +34,7 @@ from django.db import DatabaseError, DataError, IntegrityError, InterfaceError, 
 from djcelery_ops.conf import ops_settings
 from djcelery_ops.runs.merge import Event, merge_events
 from djcelery_ops.runs.sql import write_runs
+from djcelery_ops.signals import run_events_dropped, run_events_flushed
 
 logger = logging.getLogger("djcelery_ops.runs")
 
@@ -87,7 +88,7 @@ class RunRecorder:
             self._reset()
         with self._lock:
             if len(self._pending) >= self.capacity and event["task_id"] not in self._pending:
-                self._drop(1, "buffer full")
+                self._drop(1, "buffer full", "buffer_full")
                 return
             self._merge(event)
             size = len(self._pending)
@@ -105,8 +106,10 @@ class RunRecorder:
             self._held[event["task_id"]] = (time.monotonic(), event, waiting)
         self._ensure_writer()
 
-    def _drop(self, count: int, why: str) -> None:
+    def _drop(self, count: int, why: str, reason: str) -> None:
+        """``why`` is logged; ``reason`` (one of a few words) labels the metric."""
         self.dropped += count
+        run_events_dropped.send_robust(RunRecorder, count=count, reason=reason)
         logger.warning(
             "dropped %d job-run events (%s); %d dropped in this process so far",
             count, why, self.dropped,
@@ -167,7 +170,14 @@ class RunRecorder:
     def flush(self, everything: bool = False) -> int:
         """Write what is pending now; on a database error keep it for the next flush.
 
-        Held events are written when due (``everything``: all that still wait)."""
+        Held events are written when due (``everything``: all that still wait). Says how
+        many task ids still wait afterwards (``run_events_flushed``, for the metrics)."""
+        try:
+            return self._flush(everything)
+        finally:
+            run_events_flushed.send_robust(RunRecorder, backlog=self.pending + self.held)
+
+    def _flush(self, everything: bool) -> int:
         with self._write_lock:
             with self._lock:
                 self._release_held(everything)
@@ -199,7 +209,7 @@ class RunRecorder:
             try:
                 written += write_runs([event])
             except (DataError, IntegrityError) as error:
-                self._drop(1, f"refused by the database: {error}")
+                self._drop(1, f"refused by the database: {error}", "refused")
                 logger.warning("job-run event of %s dropped: %s", task_id, error)
             except BaseException:
                 self._keep(dict(events[index:]))  # the connection went: keep the rest
@@ -209,7 +219,7 @@ class RunRecorder:
     def _keep(self, batch: dict[str, Event]) -> None:
         with self._lock:
             if len(self._pending) + len(batch) > self.capacity:
-                self._drop(len(batch), "database away too long")
+                self._drop(len(batch), "database away too long", "database_away")
                 return
             for task_id, event in batch.items():
                 newer = self._pending.get(task_id)

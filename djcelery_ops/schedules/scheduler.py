@@ -43,6 +43,7 @@ from django_celery_beat.schedulers import DatabaseScheduler
 
 from djcelery_ops.conf import ops_settings
 from djcelery_ops.schedules import leader
+from djcelery_ops.signals import beat_leadership_changed
 from djcelery_ops.wire import SCHEDULE_SLOT_HEADER
 
 logger = logging.getLogger(__name__)
@@ -248,6 +249,7 @@ class LockedDatabaseScheduler(DatabaseScheduler):  # type: ignore[misc]
         self._initial_read = True
         self._heap = None
         self.old_schedulers = None
+        beat_leadership_changed.send_robust(type(self), leading=True)
 
     def _step_down(self, why: str) -> None:
         logger.warning("beat lease: %s stops dispatching: %s", self.lease_holder, why)
@@ -255,6 +257,7 @@ class LockedDatabaseScheduler(DatabaseScheduler):  # type: ignore[misc]
         self._dirty.clear()
         self._slots.clear()
         self._heap = None
+        beat_leadership_changed.send_robust(type(self), leading=False)
 
     # Dispatch -------------------------------------------------------------------------------
 

@@ -48,12 +48,18 @@ def spool_lines() -> list[str]:
 SECTIONS: list[Callable[[], list[str]]] = [beat_leader_lines, spool_lines]
 
 
+def _seconds(value: float | None) -> str:
+    return "none" if value is None else f"{value:.1f} s"
+
+
 def health_lines(status: Status) -> list[str]:
     letters = ", ".join(f"{state} {n}" for state, n in sorted(status.dead_letters.items()))
+    depths = ", ".join(f"{queue} {n}" for queue, n in sorted(status.queue_depths.items()))
     lines = [
         f"Broker: {'reachable' if status.broker is None else 'unreachable: ' + status.broker}",
         f"Workers answering: {len(status.workers)}"
         + (f" ({', '.join(status.workers)})" if status.workers else ""),
+        f"Queue depths: {depths or 'unknown'}",
         f"Dead letters: {letters or 'none'}",
     ]
     lines += [
@@ -64,14 +70,19 @@ def health_lines(status: Status) -> list[str]:
     lines += [
         f"Stuck runs (started, past twice the time limit): {status.stuck_runs}",
         f"Interrupted replays (replay_dead_letters --recover): {status.interrupted_replays}",
+        f"Beat leader's last tick: {_seconds(status.beat_last_tick_seconds_ago)} ago"
+        if status.beat_leader
+        else "Beat leader's last tick: none",
+        f"Job-run recorder lag (newest run event): {_seconds(status.recorder_lag_seconds)}",
     ]
     return lines
 
 
 class Command(OpsCommand):
     help = (
-        "Show the operational state of djcelery_ops: broker, workers, dead letters, beat "
-        "leader, dead-letter spool, stuck runs, interrupted replays (--health, --json). "
+        "Show the operational state of djcelery_ops: broker, workers, queue depths, dead "
+        "letters, beat leader, dead-letter spool, stuck runs, interrupted replays, recorder "
+        "lag (--health, --json). "
         "Exits 6 when unhealthy."
     )
 
@@ -79,8 +90,8 @@ class Command(OpsCommand):
         parser.add_argument(
             "--health",
             action="store_true",
-            help="Also probe the broker and the workers, count dead letters, stuck runs and "
-            "interrupted replays; exit 6 with the reason when unhealthy.",
+            help="Also probe the broker and the workers, measure queue depths, count dead "
+            "letters, stuck runs and interrupted replays; exit 6 with the reason when unhealthy.",
         )
         parser.add_argument("--json", action="store_true", help="--health as one JSON object.")
         parser.add_argument(
@@ -93,7 +104,7 @@ class Command(OpsCommand):
         if not (health or json):
             self._write_sections()
             return
-        status = read_status(timeout=timeout)
+        status = read_status(timeout=timeout, fresh_depths=True)
         if json:
             self.stdout.write(_json.dumps(status.as_dict(), default=str, sort_keys=True))
         else:

@@ -8,16 +8,22 @@
 | E005  | ``DJCELERY_OPS_DEAD_LETTER_CELERY_APP`` does not name a Celery app    |
 | E006  | djcelery_ops' tables are on a database other than PostgreSQL / SQLite |
 | E007  | the current Celery app is Celery's fallback app or has no broker URL  |
+| E008  | the Celery app accepts pickle (``celery_config``)                     |
 | E101  | a schedule declaration is invalid                                     |
 | W001  | no spool directory (``--deploy`` only)                                |
 | W002  | on Redis, the hard time limit is not below the visibility timeout     |
 | W003  | the soft time limit is not below the hard one (it is lowered)         |
+| W004  | acks_late without reject_on_worker_lost, or the reverse (``celery_config``) |
+| W005  | a new database connection for every task (``celery_config``)          |
+| W006  | a result backend that keeps results without expiry (``celery_config``) |
+| W007  | USE_TZ is off (``celery_config``)                                     |
 | W101  | schedules as code without the locked scheduler                        |
 | W102  | a beat lease too short to survive a pause                             |
 
-One module on purpose, though it passes 300 lines: the checks are the app's one reference
-of what a valid configuration is, each check a short function, and their ids must stay
-unique across the app.
+This module passes 300 lines: it holds the checks of djcelery_ops' own settings and
+schedules, each a short function, and is the one table of ids (unique across the app).
+The checks of the Celery and Django configuration the app relies on are in
+``djcelery_ops.checks.celery_config``, imported at the end to register them.
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ POSITIVE = frozenset(
         "DEAD_LETTER_MAX_MESSAGE_BYTES",
         "DEAD_LETTER_MAX_TRACEBACK_BYTES",
         "IDEMPOTENCY_MAX_WAIT_SECONDS",
+        "QUEUE_DEPTH_CACHE_SECONDS",
     }
 )
 # Zero means "none": no retry, no backoff, no margin, no wait before recovering a replay.
@@ -455,3 +462,19 @@ def check_schedule_declarations(
         )
         for error in errors
     ]
+
+
+# E008, W004 to W007: imported to register them, and re-exported like the checks above.
+from djcelery_ops.checks.celery_config import (  # noqa: E402
+    check_acks_late_with_reject_on_worker_lost as check_acks_late_with_reject_on_worker_lost,
+)
+from djcelery_ops.checks.celery_config import (  # noqa: E402
+    check_database_connection_per_task as check_database_connection_per_task,
+)
+from djcelery_ops.checks.celery_config import (  # noqa: E402
+    check_pickle_not_accepted as check_pickle_not_accepted,
+)
+from djcelery_ops.checks.celery_config import (  # noqa: E402
+    check_result_backend_expires as check_result_backend_expires,
+)
+from djcelery_ops.checks.celery_config import check_use_tz as check_use_tz  # noqa: E402
