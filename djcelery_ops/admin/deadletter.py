@@ -27,7 +27,7 @@ from django.utils.translation import gettext_lazy as _
 from djcelery_ops.admin.deadletter_actions import DeadLetterActionsMixin
 from djcelery_ops.admin.forms import EditReplayForm
 from djcelery_ops.admin.lists import (
-    CappedCountPaginator,
+    CappedCountMixin,
     ExactSearchMixin,
     distinct_filter,
     within_filter,
@@ -70,7 +70,7 @@ class InterruptedReplayFilter(admin.SimpleListFilter):
 
 
 @admin.register(DeadLetter)
-class DeadLetterAdmin(ExactSearchMixin, DeadLetterActionsMixin):
+class DeadLetterAdmin(CappedCountMixin, ExactSearchMixin, DeadLetterActionsMixin):
     list_display = [
         "task_name",
         "reason",
@@ -95,7 +95,8 @@ class DeadLetterAdmin(ExactSearchMixin, DeadLetterActionsMixin):
     search_help_text = _("An exact task id, root id, task name or fingerprint.")
     list_per_page = 50
     show_full_result_count = False
-    paginator = CappedCountPaginator
+    show_facets = admin.ShowFacets.NEVER  # a count per filter value reads every row
+    group_count_cap = service.GROUP_COUNT_CAP  # the groups view counts up to this
     fieldsets = [
         (None, {"fields": ["task_name", "task_id", "status", "reason", "occurrences"]}),
         (
@@ -217,13 +218,13 @@ class DeadLetterAdmin(ExactSearchMixin, DeadLetterActionsMixin):
     def groups_view(self, request: HttpRequest) -> HttpResponse:
         if not self.has_view_permission(request):
             raise PermissionDenied
-        groups = service.pending_groups()
+        groups = service.pending_groups(cap=self.group_count_cap)
         context = {
             **self.admin_site.each_context(request),
             "title": _("Pending dead letters by failure group"),
             "opts": self.model._meta,
             "groups": groups,
-            "cap": service.GROUP_COUNT_CAP,
+            "cap": self.group_count_cap,
             "can_replay": self.has_replay_permission(request),
             "can_discard": self.has_discard_permission(request),
         }

@@ -1,7 +1,8 @@
 """Changelist pieces for tables of millions of rows, shared by the runs and dead-letter admins.
 
 - ``CappedCountPaginator``: counts at most ``cap + 1`` rows (an exact count costs seconds);
-  the app's ``pagination.html`` then says "more than 10,000".
+  the app's ``pagination.html`` then says "more than 10,000". ``CappedCountMixin`` puts
+  it on a ModelAdmin and raises the cap for a deep page.
 - ``DistinctValuesFilter``: a column's values from an index skip scan
   (``db.distinct_column_values``), not ``SELECT DISTINCT`` over the whole table.
 - ``within_filter``: "last hour / 24 hours / 7 days" on a time column: one range condition
@@ -16,6 +17,7 @@ import datetime
 from typing import Any
 
 from django.contrib import admin
+from django.contrib.admin.views.main import PAGE_VAR
 from django.core.paginator import Paginator
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest
@@ -39,17 +41,55 @@ class CappedCountPaginator(Paginator):  # type: ignore[type-arg]
     @cached_property
     def count(self) -> int:
         rows: Any = self.object_list
-        return int(rows[: self.cap + 1].count())
+        # Unordered: the database may stop after cap + 1 matches, in any index's order.
+        return int(rows.order_by()[: self.cap + 1].count())
+
+
+class CappedCountMixin:
+    """Uses ``CappedCountPaginator``; a deep page (``?p=500``) raises its cap to reach it.
+
+    The count then stops at the rows up to that page, still far from the whole table.
+    """
+
+    paginator = CappedCountPaginator
+
+    def get_paginator(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        paginator = super().get_paginator(request, *args, **kwargs)  # type: ignore[misc]
+        page = request.GET.get(PAGE_VAR, "")
+        if isinstance(paginator, CappedCountPaginator) and page.isdigit():
+            paginator.cap = max(paginator.cap, int(page) * paginator.per_page)
+        return paginator
 
 
 class DistinctValuesFilter(admin.SimpleListFilter):
-    """A column's values from an index walk, not a DISTINCT over the whole table."""
+    """A column's values from an index walk, not a DISTINCT over the whole table.
+
+    Read when the filter is drawn, not when the changelist is built: an action's POST
+    builds the changelist (twice) and draws no filter.
+    """
 
     column = ""
 
+    def __init__(self, request: HttpRequest, params: Any, model: Any, model_admin: Any) -> None:
+        self._model = model_admin.model
+        self._choices: list[tuple[str, str]] | None = None
+        super().__init__(request, params, model, model_admin)
+
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        values = distinct_column_values(model_admin.model, self.column)
-        return [(value, value) for value in values]
+        return []  # read lazily: ``lookup_choices``
+
+    @property
+    def lookup_choices(self) -> list[tuple[str, str]]:  # type: ignore[override]
+        if self._choices is None:
+            self._choices = [(v, v) for v in distinct_column_values(self._model, self.column)]
+        return self._choices
+
+    @lookup_choices.setter
+    def lookup_choices(self, _value: Any) -> None:
+        pass  # SimpleListFilter.__init__ stores ``lookups()``; the property reads later
+
+    def has_output(self) -> bool:
+        return True  # "All" at least; asking would read the values now
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         value = self.value()

@@ -14,7 +14,7 @@ from django.utils.translation import gettext_lazy as _
 
 from djcelery_ops.admin.dashboard import dashboard_view
 from djcelery_ops.admin.lists import (
-    CappedCountPaginator,
+    CappedCountMixin,
     ExactSearchMixin,
     distinct_filter,
     within_filter,
@@ -38,7 +38,7 @@ TenantFilter = distinct_filter("tenant", _("tenant"))
 ReceivedWithinFilter = within_filter("received_at", _("received"), "received_within")
 
 
-class TaskRunAdmin(ExactSearchMixin, ReadOnlyAdminMixin[TaskRun]):
+class TaskRunAdmin(CappedCountMixin, ExactSearchMixin, ReadOnlyAdminMixin[TaskRun]):
     list_display = [
         "task_name",
         "state",
@@ -63,7 +63,6 @@ class TaskRunAdmin(ExactSearchMixin, ReadOnlyAdminMixin[TaskRun]):
     search_help_text = _("An exact task id, root id, parent id or task name.")
     list_per_page = 50
     show_full_result_count = False
-    paginator = CappedCountPaginator
     fieldsets = [
         (None, {"fields": ["task_name", "task_id", "state", "retries", "tenant"]}),
         (_("Timing"), {"fields": ["received_at", "started_at", "finished_at", "runtime"]}),

@@ -24,7 +24,7 @@ GROUPS_SHOWN = 500
 
 def pending_groups(
     *, cap: int = GROUP_COUNT_CAP, limit: int = GROUPS_SHOWN, using: str = "default"
-) -> list[dict[str, Any]]:
+) -> list[dict[str, Any]]:  # fmt: skip
     """Pending groups, latest failure first: fingerprint, task_name, exception_class,
     letters (at most ``cap``), capped (more than ``cap``), last_seen."""
     if connections[using].vendor != "postgresql":
@@ -42,7 +42,7 @@ def pending_groups(
         SELECT g.fp, latest.task_name, latest.exception_class, latest.last_failed_at,
             (SELECT count(*) FROM (
                 SELECT 1 FROM {table} WHERE status = %s AND fingerprint = g.fp LIMIT %s
-            ) AS some) AS letters
+            ) AS capped) AS letters
         FROM unnest(%s::text[]) AS g(fp)
         CROSS JOIN LATERAL (
             SELECT task_name, exception_class, last_failed_at FROM {table}
