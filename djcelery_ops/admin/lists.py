@@ -2,7 +2,8 @@
 
 - ``CappedCountPaginator``: counts at most ``cap + 1`` rows (an exact count costs seconds);
   the app's ``pagination.html`` then says "more than 10,000". ``CappedCountMixin`` puts
-  it on a ModelAdmin and raises the cap for a deep page.
+  it on a ModelAdmin and raises the cap for a deep page; on PostgreSQL, outside a
+  transaction, ``count_timeout_ms`` gives the count up after that long ("not counted").
 - ``DistinctValuesFilter``: a column's values from an index skip scan
   (``db.distinct_column_values``), not ``SELECT DISTINCT`` over the whole table.
 - ``within_filter``: "last hour / 24 hours / 7 days" on a time column: one range condition
@@ -19,6 +20,7 @@ from typing import Any
 from django.contrib import admin
 from django.contrib.admin.views.main import PAGE_VAR
 from django.core.paginator import Paginator
+from django.db import OperationalError, connections, transaction
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
@@ -28,6 +30,7 @@ from django.utils.translation import gettext_lazy as _
 from djcelery_ops.db import distinct_column_values
 
 COUNT_CAP = 10_000
+QUERY_CANCELED = "57014"  # PostgreSQL's SQLSTATE of a statement_timeout
 
 
 class CappedCountPaginator(Paginator):  # type: ignore[type-arg]
@@ -37,26 +40,57 @@ class CappedCountPaginator(Paginator):  # type: ignore[type-arg]
     """
 
     cap = COUNT_CAP
+    timeout_ms: int | None = None
+    counted = True  # False: the count was given up after ``timeout_ms``
 
     @cached_property
     def count(self) -> int:
-        rows: Any = self.object_list
         # Unordered: the database may stop after cap + 1 matches, in any index's order.
-        return int(rows.order_by()[: self.cap + 1].count())
+        rows: Any = self.object_list.order_by()[: self.cap + 1]  # type: ignore[union-attr]
+        connection = connections[rows.db]
+        if not self.timeout_ms or connection.vendor != "postgresql" or connection.in_atomic_block:
+            return int(rows.count())
+        return self._count_within_timeout(rows, connection)
+
+    def _count_within_timeout(self, rows: Any, connection: Any) -> int:
+        """Filters that match rows all over the table (several columns of few values) make
+        each counted row a heap read: give up after ``timeout_ms`` and say "not counted".
+
+        ``SET LOCAL`` lasts for this transaction only, so only outside an atomic block.
+        """
+        try:
+            with transaction.atomic(using=rows.db), connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT set_config('statement_timeout', %s, true)", [str(self.timeout_ms)]
+                )
+                return int(rows.count())
+        except OperationalError as error:
+            if getattr(error.__cause__, "sqlstate", None) != QUERY_CANCELED:
+                raise
+        self.counted = False
+        return self.cap + 1
 
 
 class CappedCountMixin:
     """Uses ``CappedCountPaginator``; a deep page (``?p=500``) raises its cap to reach it.
 
     The count then stops at the rows up to that page, still far from the whole table.
+    ``count_cap``: this admin's cap (None: the paginator's ``COUNT_CAP``).
     """
 
     paginator = CappedCountPaginator
+    count_cap: int | None = None
+    count_timeout_ms: int | None = None
 
     def get_paginator(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
         paginator = super().get_paginator(request, *args, **kwargs)  # type: ignore[misc]
+        if not isinstance(paginator, CappedCountPaginator):
+            return paginator
+        if self.count_cap is not None:
+            paginator.cap = self.count_cap
+        paginator.timeout_ms = self.count_timeout_ms
         page = request.GET.get(PAGE_VAR, "")
-        if isinstance(paginator, CappedCountPaginator) and page.isdigit():
+        if page.isdigit():
             paginator.cap = max(paginator.cap, int(page) * paginator.per_page)
         return paginator
 
