@@ -73,20 +73,25 @@ def seed(rows: int, chunk: int) -> None:
     print(f"seeded and analysed in {time.monotonic() - started:.0f} s")
 
 
-def timed(label: str, action, repeat: int = 5) -> None:
+def timed(label: str, action, repeat: int = 5, *, sql: bool = False) -> None:
+    """Print ``| label | median | max | queries |`` (and, with ``sql``, the median time
+    the database took, the sum of the queries' times: the rest is Python and templates)."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
     action()  # warm-up
-    durations, queries = [], 0
+    durations, in_database, queries = [], [], 0
     for _ in range(repeat):
         with CaptureQueriesContext(connection) as captured:
             began = time.perf_counter()
             action()
             durations.append((time.perf_counter() - began) * 1000)
         queries = len(captured)
+        in_database.append(sum(float(query["time"]) for query in captured) * 1000)
+    sql_column = f" {statistics.median(in_database):.0f} ms |" if sql else ""
     print(
-        f"| {label} | {statistics.median(durations):.0f} ms | {max(durations):.0f} ms | {queries} |"
+        f"| {label} | {statistics.median(durations):.0f} ms | {max(durations):.0f} ms |"
+        f" {queries} |{sql_column}"
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 from collections import Counter
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator
 
 from django.db.models import Count, Q, QuerySet
 
@@ -151,11 +151,6 @@ def exception_matches(name: str) -> Q:
     return Q(exception_class=name) | Q(exception_class__endswith=f".{name}")
 
 
-def chunks(ids: Sequence[int], size: int) -> Iterator[list[int]]:
-    for start in range(0, len(ids), size):
-        yield list(ids[start : start + size])
-
-
 class IdCursor:
     """The ids of a selection, ``take(n)`` at a time, in id order, by keyset.
 
@@ -168,6 +163,7 @@ class IdCursor:
     def __init__(self, dead_letters: QuerySet[DeadLetter] | Iterable[DeadLetter | int]) -> None:
         self.rows: QuerySet[DeadLetter] | None = None
         self.fixed: list[int] = []
+        self.position = 0
         if isinstance(dead_letters, QuerySet) and not dead_letters.query.is_sliced:
             self.rows = dead_letters.order_by("pk")
         else:
@@ -176,7 +172,8 @@ class IdCursor:
 
     def take(self, size: int) -> list[int]:
         if self.rows is None:
-            batch, self.fixed = self.fixed[:size], self.fixed[size:]
+            batch = self.fixed[self.position : self.position + size]
+            self.position += len(batch)
             return batch
         rows = self.rows if self.last is None else self.rows.filter(pk__gt=self.last)
         batch = list(rows.values_list("pk", flat=True)[:size])
