@@ -21,6 +21,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from djcelery_ops.admin import deadletter_actions
+from djcelery_ops.admin.lists import CappedCountPaginator
 from djcelery_ops.deadletter.services import IdCursor, discard, pending_groups
 from djcelery_ops.models import DeadLetter, Discard, Replay
 
@@ -243,3 +244,43 @@ def test_discard_command__prints_progress_when_it_takes_more_than_one_batch():
         "Discarded 5/5 (skipped 0)\n"
         "Discarded 5 dead letters.\n"
     )
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="statement_timeout is PostgreSQL's")
+@pytest.mark.django_db(transaction=True)
+def test_capped_count__gives_up_after_its_timeout_and_leaves_no_timeout_behind():
+    seed(groups=1, per_group=3)
+    slow = DeadLetter.objects.extra(where=["(SELECT true FROM pg_sleep(0.2))"])
+    paginator = CappedCountPaginator(slow, 2)
+    paginator.timeout_ms = 20
+    assert (paginator.count, paginator.counted) == (paginator.cap + 1, False)
+    quick = CappedCountPaginator(DeadLetter.objects.all(), 2)
+    quick.timeout_ms = 5000
+    assert (quick.count, quick.counted) == (3, True)
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW statement_timeout")
+        assert cursor.fetchone()[0] == "0"
+
+
+def test_changelist__counts_up_to_the_cap_and_a_deep_page_counts_up_to_itself(
+    admin_client, small_pages, monkeypatch
+):
+    seed(groups=1, per_group=9)
+    monkeypatch.setattr(small_pages, "count_cap", 2)
+    assert "more than 2 dead letters" in admin_client.get(BASE).content.decode()
+    response = admin_client.get(BASE + "?p=4")  # rows 7-8: beyond the cap of 2
+    assert response.status_code == 200
+    assert "more than 8 dead letters" in response.content.decode()
+    assert admin_client.get(BASE + "?p=6").status_code == 302  # past the last row: ?e=1
+
+
+def test_action_checkbox__is_the_html_django_renders_escaped_the_same():
+    from django.contrib import admin
+    from django.contrib.admin import ModelAdmin
+
+    [letter] = seed(groups=1, per_group=1)
+    letter.task_name = '<script>"x"</script>'
+    model_admin = admin.site._registry[DeadLetter]
+    ours = str(model_admin.action_checkbox(letter))
+    assert ours == str(ModelAdmin.action_checkbox(model_admin, letter))
+    assert "<script>" not in ours

@@ -29,6 +29,7 @@ from djcelery_ops.admin.forms import EditReplayForm
 from djcelery_ops.admin.lists import (
     CappedCountMixin,
     ExactSearchMixin,
+    PlainCheckboxMixin,
     distinct_filter,
     within_filter,
 )
@@ -70,7 +71,9 @@ class InterruptedReplayFilter(admin.SimpleListFilter):
 
 
 @admin.register(DeadLetter)
-class DeadLetterAdmin(CappedCountMixin, ExactSearchMixin, DeadLetterActionsMixin):
+class DeadLetterAdmin(
+    CappedCountMixin, ExactSearchMixin, PlainCheckboxMixin, DeadLetterActionsMixin
+):
     list_display = [
         "task_name",
         "reason",

@@ -35,7 +35,7 @@ from djcelery_ops.admin.mixins import ReadOnlyAdminMixin
 from djcelery_ops.deadletter import services as service
 from djcelery_ops.deadletter.models import DeadLetter
 
-PLAN_CAP = 10_000
+PLAN_CAP = 1_000
 
 logger = logging.getLogger("djcelery_ops.deadletter")
 
