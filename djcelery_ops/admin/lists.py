@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import datetime
 import functools
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 from django.contrib import admin
 from django.contrib.admin import helpers
@@ -29,6 +30,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html
+from django.utils.safestring import SafeString
 from django.utils.translation import get_language, gettext
 from django.utils.translation import gettext_lazy as _
 
@@ -51,7 +53,8 @@ class CappedCountPaginator(Paginator):  # type: ignore[type-arg]
     @cached_property
     def count(self) -> int:
         # Unordered: the database may stop after cap + 1 matches, in any index's order.
-        rows: Any = self.object_list.order_by()[: self.cap + 1]  # type: ignore[union-attr]
+        everything: Any = self.object_list
+        rows = everything.order_by()[: self.cap + 1]
         connection = connections[rows.db]
         if not self.timeout_ms or connection.vendor != "postgresql" or connection.in_atomic_block:
             return int(rows.count())
@@ -83,7 +86,7 @@ class CappedCountMixin:
     ``count_cap``: this admin's cap (None: the paginator's ``COUNT_CAP``).
     """
 
-    paginator = CappedCountPaginator
+    paginator: ClassVar[type] = CappedCountPaginator
     count_cap: int | None = None
     count_timeout_ms: int | None = None
 
@@ -117,8 +120,8 @@ class DistinctValuesFilter(admin.SimpleListFilter):
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         return []  # read lazily: ``lookup_choices``
 
-    @property
-    def lookup_choices(self) -> list[tuple[str, str]]:  # type: ignore[override]
+    @property  # type: ignore[override]
+    def lookup_choices(self) -> list[tuple[str, str]]:
         if self._choices is None:
             self._choices = [(v, v) for v in distinct_column_values(self._model, self.column)]
         return self._choices
@@ -174,7 +177,7 @@ class PlainCheckboxMixin:
 
     empty_value_display = "-"
 
-    def action_checkbox(self, obj: Any) -> str:
+    def action_checkbox(self, obj: Any) -> SafeString:
         label = format_html(_checkbox_label(get_language()), str(obj))
         return format_html(
             '<input type="checkbox" name="{}" value="{}" class="action-select" aria-label="{}">',
@@ -194,7 +197,7 @@ class ExactSearchMixin:
     index serves.
     """
 
-    search_fields: Any
+    search_fields: ClassVar[Sequence[str]]
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
