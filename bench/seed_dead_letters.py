@@ -17,11 +17,9 @@ the admin's templates, is most of a page's time.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -30,7 +28,14 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 
-from bench.seed_runs import timed as timed_page  # noqa: E402 - needs the path above
+from bench.seed_runs import (  # noqa: E402 - needs the path above
+    admin_client,
+    insert_in_chunks,
+    page,
+    seed_options,
+    setup_on_postgresql,
+)
+from bench.seed_runs import timed as timed_page  # noqa: E402
 
 BIG_TASK = "app.tasks.job_00"
 BIG_EXCEPTION = "builtins.ValueError"
@@ -77,17 +82,7 @@ def seed_id(number: int) -> str:
 
 
 def seed(rows: int, chunk: int) -> None:
-    from django.db import connection
-
-    step = 30 * 24 * 3600 / rows
-    started = time.monotonic()
-    with connection.cursor() as cursor:
-        for start in range(1, rows + 1, chunk):
-            stop = min(start + chunk - 1, rows)
-            cursor.execute(SEED_SQL, {"start": start, "stop": stop, "rows": rows, "step": step})
-            print(f"seeded {stop:,} of {rows:,} rows ({time.monotonic() - started:.0f} s)")
-        cursor.execute("VACUUM ANALYZE djcelery_ops_deadletter")
-    print(f"seeded and analysed in {time.monotonic() - started:.0f} s")
+    insert_in_chunks(SEED_SQL, "djcelery_ops_deadletter", rows, chunk)
 
 
 def lineage_letter() -> int:
@@ -108,31 +103,17 @@ def lineage_letter() -> int:
 
 def measure(rows_seeded: int) -> None:
     from django.contrib.admin import helpers
-    from django.contrib.auth.models import User
-    from django.test import Client
 
     from djcelery_ops.models import DeadLetter
 
-    user, _ = User.objects.get_or_create(
-        username="bench-admin", defaults={"is_staff": True, "is_superuser": True}
-    )
-    client = Client()
-    client.force_login(user)
+    client = admin_client()
     base = "/admin/djcelery_ops/deadletter/"
 
     def get(url: str):
-        def fetch() -> None:
-            response = client.get(url)
-            assert response.status_code == 200, (url, response.status_code)
-
-        return fetch
+        return page(client, url)
 
     def post(url: str, data: dict):
-        def send() -> None:
-            response = client.post(url, data)
-            assert response.status_code == 200, (url, response.status_code)
-
-        return send
+        return page(client, url, data)
 
     count = DeadLetter.objects.order_by().count()
     big = DeadLetter.objects.filter(task_name=BIG_TASK).values_list("fingerprint", flat=True)[0]
@@ -190,21 +171,10 @@ def drop() -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=100_000, help="rows to add (100000)")
-    parser.add_argument("--chunk", type=int, default=250_000, help="rows per INSERT")
-    parser.add_argument("--measure-only", action="store_true", help="do not seed")
+    parser = seed_options(__doc__.splitlines()[0], 250_000)
     parser.add_argument("--drop", action="store_true", help="delete the seeded rows and stop")
     options = parser.parse_args()
-
-    import django
-    from django.core.management import call_command
-    from django.db import connection
-
-    django.setup()
-    if connection.vendor != "postgresql":
-        raise SystemExit("seed_dead_letters.py needs PostgreSQL (DATABASE_URL=postgres://...)")
-    call_command("migrate", verbosity=0)
+    setup_on_postgresql("seed_dead_letters.py")
     from djcelery_ops.models import DeadLetter
 
     if options.drop:
