@@ -60,33 +60,45 @@ LATERAL (SELECT CASE WHEN g %% 10000 = 7 THEN 'started'
 
 
 def seed(rows: int, chunk: int) -> None:
+    insert_in_chunks(SEED_SQL, "djcelery_ops_taskrun", rows, chunk)
+
+
+def insert_in_chunks(sql: str, table: str, rows: int, chunk: int) -> None:
+    """Run the seed ``sql`` (``generate_series(%(start)s, %(stop)s)``) ``chunk`` rows at a
+    time, then VACUUM ANALYZE. ``%(step)s``: seconds between rows, so that they spread over
+    30 days, oldest first (indexes on time grow at the end)."""
     from django.db import connection
 
-    step = 30 * 24 * 3600 / rows  # 30 days, oldest first: indexes on time grow at the end
+    step = 30 * 24 * 3600 / rows
     started = time.monotonic()
     with connection.cursor() as cursor:
         for start in range(1, rows + 1, chunk):
             stop = min(start + chunk - 1, rows)
-            cursor.execute(SEED_SQL, {"start": start, "stop": stop, "rows": rows, "step": step})
+            cursor.execute(sql, {"start": start, "stop": stop, "rows": rows, "step": step})
             print(f"seeded {stop:,} of {rows:,} rows ({time.monotonic() - started:.0f} s)")
-        cursor.execute("VACUUM ANALYZE djcelery_ops_taskrun")
+        cursor.execute(f"VACUUM ANALYZE {table}")
     print(f"seeded and analysed in {time.monotonic() - started:.0f} s")
 
 
-def timed(label: str, action, repeat: int = 5) -> None:
+def timed(label: str, action, repeat: int = 5, *, sql: bool = False) -> None:
+    """Print ``| label | median | max | queries |`` (and, with ``sql``, the median time
+    the database took, the sum of the queries' times: the rest is Python and templates)."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
     action()  # warm-up
-    durations, queries = [], 0
+    durations, in_database, queries = [], [], 0
     for _ in range(repeat):
         with CaptureQueriesContext(connection) as captured:
             began = time.perf_counter()
             action()
             durations.append((time.perf_counter() - began) * 1000)
         queries = len(captured)
+        in_database.append(sum(float(query["time"]) for query in captured) * 1000)
+    sql_column = f" {statistics.median(in_database):.0f} ms |" if sql else ""
     print(
-        f"| {label} | {statistics.median(durations):.0f} ms | {max(durations):.0f} ms | {queries} |"
+        f"| {label} | {statistics.median(durations):.0f} ms | {max(durations):.0f} ms |"
+        f" {queries} |{sql_column}"
     )
 
 
@@ -98,27 +110,39 @@ def seed_id(number: int) -> str:
     return str(uuid.UUID(hashlib.md5(str(number).encode()).hexdigest()))
 
 
-def measure() -> None:
-    import datetime
-
+def admin_client():
+    """A test client logged in as a superuser ``bench-admin``."""
     from django.contrib.auth.models import User
     from django.test import Client
-
-    from djcelery_ops.models import TaskRun
 
     user, _ = User.objects.get_or_create(
         username="bench-admin", defaults={"is_staff": True, "is_superuser": True}
     )
     client = Client()
     client.force_login(user)
+    return client
+
+
+def page(client, url: str, data: dict | None = None):
+    """A request for ``timed``: GET ``url`` (POST ``data`` if given), which must answer 200."""
+
+    def request() -> None:
+        response = client.post(url, data) if data is not None else client.get(url)
+        assert response.status_code == 200, (url, response.status_code)
+
+    return request
+
+
+def measure() -> None:
+    import datetime
+
+    from djcelery_ops.models import TaskRun
+
+    client = admin_client()
     base = "/admin/djcelery_ops/taskrun/"
 
     def get(url: str):
-        def fetch() -> None:
-            response = client.get(url)
-            assert response.status_code == 200, response.status_code
-
-        return fetch
+        return page(client, url)
 
     rows = TaskRun.objects.order_by().count()
     print(f"{rows:,} task runs\n")
@@ -140,21 +164,30 @@ def measure() -> None:
     timed("dashboard, 24 h", get(base + "dashboard/"))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def seed_options(description: str, chunk: int) -> argparse.ArgumentParser:
+    """The options every seed script takes: --rows, --chunk, --measure-only."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--rows", type=int, default=100_000, help="rows to add (100000)")
-    parser.add_argument("--chunk", type=int, default=500_000, help="rows per INSERT")
+    parser.add_argument("--chunk", type=int, default=chunk, help=f"rows per INSERT ({chunk})")
     parser.add_argument("--measure-only", action="store_true", help="do not seed")
-    options = parser.parse_args()
+    return parser
 
+
+def setup_on_postgresql(script: str) -> None:
+    """Django set up and migrated, on PostgreSQL only (the seeds are its SQL)."""
     import django
     from django.core.management import call_command
     from django.db import connection
 
     django.setup()
     if connection.vendor != "postgresql":
-        raise SystemExit("seed_runs.py needs PostgreSQL (DATABASE_URL=postgres://...)")
+        raise SystemExit(f"{script} needs PostgreSQL (DATABASE_URL=postgres://...)")
     call_command("migrate", verbosity=0)
+
+
+def main() -> None:
+    options = seed_options(__doc__.splitlines()[0], 500_000).parse_args()
+    setup_on_postgresql("seed_runs.py")
     if not options.measure_only:
         from djcelery_ops.models import TaskRun
 

@@ -21,7 +21,7 @@ import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from django.db import connection, models, transaction
+from django.db import connection, connections, models, transaction
 from django.db.models import QuerySet
 
 
@@ -144,3 +144,41 @@ def delete_in_batches(rows: QuerySet[Any], batch_size: int) -> Iterator[int]:
         with transaction.atomic():
             deleted += rows.filter(pk__in=ids).delete()[1].get(model_label, 0)
         yield deleted
+
+
+def distinct_column_values(
+    model: type[models.Model], column: str, *, where: Mapping[str, str] | None = None,
+    using: str = "default",
+) -> list[str]:  # fmt: skip
+    """Distinct non-empty values of an indexed text column, in order.
+
+    On PostgreSQL a recursive query walks the index one value at a time (a "loose index
+    scan", or skip scan): a few dozen index probes instead of a ``DISTINCT`` that reads
+    millions of rows. ``where`` (column: value, equality) must be the leading columns of
+    that index. The ``<> ''`` lets the planner use a partial index on ``column <> ''``.
+    Elsewhere (SQLite) a plain ``DISTINCT``.
+    """
+    where = dict(where or {})
+    connection_ = connections[using]
+    if connection_.vendor != "postgresql":
+        rows = model._default_manager.using(using).filter(**where).exclude(**{column: ""})
+        return sorted(set(rows.order_by().values_list(column, flat=True)))
+    quote = connection_.ops.quote_name
+    table, col = quote(model._meta.db_table), quote(column)
+    fixed = "".join(f" AND {quote(name)} = %s" for name in where)
+    values = list(where.values())
+    sql = f"""
+        WITH RECURSIVE walk(value) AS (
+            (SELECT {col} FROM {table} WHERE {col} > ''{fixed} ORDER BY {col} LIMIT 1)
+            UNION ALL
+            SELECT (
+                SELECT {col} FROM {table} WHERE {col} > walk.value AND {col} <> ''{fixed}
+                ORDER BY {col} LIMIT 1
+            )
+            FROM walk WHERE walk.value IS NOT NULL
+        )
+        SELECT value FROM walk WHERE value IS NOT NULL
+    """  # noqa: S608 - quoted names of the model's own table and columns
+    with connection_.cursor() as cursor:
+        cursor.execute(sql, values + values)
+        return [row[0] for row in cursor.fetchall()]

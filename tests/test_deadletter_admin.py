@@ -43,13 +43,18 @@ def test_changelist__lists_and_filters_by_status_reason_task_queue(staff_client)
         assert absent not in page, query
 
 
-def test_changelist__search_by_task_id_and_message(staff_client):
-    dead_letter(task_id="abc-123", exception_message="needle in message")
-    dead_letter(task_id="zzz-999", exception_message="other")
-    page = staff_client.get(reverse(CHANGELIST), {"q": "abc-123"}).content.decode()
-    assert "needle in message" in page and ">other<" not in page
-    page = staff_client.get(reverse(CHANGELIST), {"q": "needle"}).content.decode()
-    assert "needle in message" in page
+def test_changelist__search_matches_whole_ids_and_names_only(staff_client):
+    dead_letter(task_id="abc-123", exception_message="needle in message", root_id="root-1")
+    dead_letter(task_id="zzz-999", exception_message="other", task_name="mail.send")
+
+    def found(term: str) -> set[str]:
+        page = staff_client.get(reverse(CHANGELIST), {"q": term}).content.decode()
+        return {text for text in ("needle in message", ">other<") if text in page}
+
+    assert found("abc-123") == found(" root-1 ") == {"needle in message"}
+    assert found("mail.send") == {">other<"}
+    # Exact and case-sensitive, each an index lookup: no substring, no message text.
+    assert found("abc") == found("ABC-123") == found("needle") == set()
 
 
 def test_detail__pretty_prints_and_escapes_hostile_values(staff_client):

@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from djcelery_ops.admin import charts
 from djcelery_ops.admin.dashboard import dashboard_data
-from djcelery_ops.admin.runs import CappedCountPaginator
+from djcelery_ops.admin.lists import CappedCountPaginator
 from djcelery_ops.models import TaskRun
 from tests.factories import dead_letter
 from tests.utils import skip_without_browser

@@ -1,29 +1,28 @@
-"""Read-only admin of job runs: cheap on millions of rows, lineage on the detail page."""
+"""Read-only admin of job runs: cheap on millions of rows (``admin.lists``), lineage on the
+detail page."""
 
 from __future__ import annotations
 
-import datetime
 import json
-from typing import Any
 
 from django.contrib import admin
-from django.core.paginator import Paginator
-from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, path, reverse
-from django.utils import timezone
-from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 
 from djcelery_ops.admin.dashboard import dashboard_view
+from djcelery_ops.admin.lists import (
+    CappedCountMixin,
+    ExactSearchMixin,
+    distinct_filter,
+    within_filter,
+)
 from djcelery_ops.admin.mixins import ReadOnlyAdminMixin
 from djcelery_ops.redact import redact, redact_text
 from djcelery_ops.runs.models import TaskRun
-from djcelery_ops.runs.stats import distinct_values
 
-COUNT_CAP = 10_000
 LINEAGE_FIELDS = ("parent_link", "root_link", "children_links", "dead_letter_link")
 ROUTING_FIELDS = (
     "queue", "worker_hostname", "periodic_task_name", "args_digest", "shown_args", "shown_kwargs",
@@ -31,64 +30,15 @@ ROUTING_FIELDS = (
 CHILDREN_SHOWN = 50
 
 
-class CappedCountPaginator(Paginator):  # type: ignore[type-arg]
-    """Counts at most ``cap + 1`` rows: an exact count of millions costs seconds.
-
-    The changelist's pagination template reads ``cl.paginator.cap`` to say "more than".
-    """
-
-    cap = COUNT_CAP
-
-    @cached_property
-    def count(self) -> int:
-        rows: Any = self.object_list
-        return int(rows[: self.cap + 1].count())
+TaskNameFilter = distinct_filter("task_name", _("task"))
+QueueFilter = distinct_filter("queue", _("queue"))
+TenantFilter = distinct_filter("tenant", _("tenant"))
 
 
-class _DistinctValuesFilter(admin.SimpleListFilter):
-    """A column's values from an index walk, not a DISTINCT over the whole table."""
-
-    column = ""
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [(value, value) for value in distinct_values(self.column)]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        value = self.value()
-        return queryset.filter(**{self.column: value}) if value else queryset
+ReceivedWithinFilter = within_filter("received_at", _("received"), "received_within")
 
 
-class TaskNameFilter(_DistinctValuesFilter):
-    title = _("task")
-    parameter_name = column = "task_name"
-
-
-class QueueFilter(_DistinctValuesFilter):
-    title = _("queue")
-    parameter_name = column = "queue"
-
-
-class TenantFilter(_DistinctValuesFilter):
-    title = _("tenant")
-    parameter_name = column = "tenant"
-
-
-class ReceivedWithinFilter(admin.SimpleListFilter):
-    title = _("received")
-    parameter_name = "received_within"
-    WINDOWS = {"1h": 1, "24h": 24, "7d": 24 * 7}
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
-        return [("1h", _("last hour")), ("24h", _("last 24 hours")), ("7d", _("last 7 days"))]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        hours = self.WINDOWS.get(self.value() or "")
-        if hours is None:
-            return queryset
-        return queryset.filter(received_at__gte=timezone.now() - datetime.timedelta(hours=hours))
-
-
-class TaskRunAdmin(ReadOnlyAdminMixin[TaskRun]):
+class TaskRunAdmin(CappedCountMixin, ExactSearchMixin, ReadOnlyAdminMixin[TaskRun]):
     list_display = [
         "task_name",
         "state",
@@ -113,7 +63,6 @@ class TaskRunAdmin(ReadOnlyAdminMixin[TaskRun]):
     search_help_text = _("An exact task id, root id, parent id or task name.")
     list_per_page = 50
     show_full_result_count = False
-    paginator = CappedCountPaginator
     fieldsets = [
         (None, {"fields": ["task_name", "task_id", "state", "retries", "tenant"]}),
         (_("Timing"), {"fields": ["received_at", "started_at", "finished_at", "runtime"]}),
@@ -121,17 +70,6 @@ class TaskRunAdmin(ReadOnlyAdminMixin[TaskRun]):
         (_("Lineage"), {"fields": LINEAGE_FIELDS}),
         (_("Routing and call"), {"fields": ROUTING_FIELDS}),
     ]
-
-    def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet[TaskRun], search_term: str
-    ) -> tuple[QuerySet[TaskRun], bool]:
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        match = Q()
-        for field in self.search_fields:
-            match |= Q(**{field: term})
-        return queryset.filter(match), False
 
     def get_urls(self) -> list[URLPattern]:
         dashboard = path(

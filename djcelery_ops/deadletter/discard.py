@@ -12,8 +12,8 @@ from django.db.models import QuerySet
 from djcelery_ops.conf import ops_settings
 from djcelery_ops.db import delete_in_batches
 from djcelery_ops.deadletter.models import DeadLetter, Discard
-from djcelery_ops.deadletter.selection import chunks, selected_ids
-from djcelery_ops.deadletter.transitions import Outcome, actor_of, claim, count_skipped
+from djcelery_ops.deadletter.selection import id_batches
+from djcelery_ops.deadletter.transitions import Outcome, Progress, actor_of, claim, count_skipped
 from djcelery_ops.signals import dead_letters_discarded
 
 if TYPE_CHECKING:
@@ -28,14 +28,20 @@ def discard(
     by: Actor,
     reason: str,
     batch_size: int | None = None,
+    progress: Progress | None = None,
+    keep_ids: bool = True,
 ) -> Outcome:
-    """Mark pending dead letters discarded (each at most once) and record who and why."""
+    """Mark pending dead letters discarded (each at most once) and record who and why.
+
+    A queryset is read in keyset batches (``selection.id_batches``), each committed on its
+    own; ``progress`` is called after each; ``keep_ids=False`` keeps memory to one batch.
+    """
     if not reason.strip():
         raise ValueError("a reason is required")
     user, by_text = actor_of(by)
-    outcome = Outcome(run_id=uuid.uuid4().hex)
+    outcome = Outcome(run_id=uuid.uuid4().hex, keep_ids=keep_ids)
     size = batch_size or ops_settings.DEAD_LETTER_REPLAY_BATCH_SIZE
-    for chunk in chunks(selected_ids(dead_letters), size):
+    for chunk in id_batches(dead_letters, size):
         with transaction.atomic():
             claimed = claim(chunk, Status.DISCARDED, allow_truncated=True)
             count_skipped(outcome, chunk, claimed, True)
@@ -46,7 +52,9 @@ def discard(
         names = DeadLetter.objects.filter(pk__in=claimed).values_list("task_name", flat=True)
         outcome.per_task.update(names)
         outcome.done += len(claimed)
-        outcome.dead_letter_ids.extend(claimed)
+        outcome.add_ids(claimed)
+        if progress is not None:
+            progress(outcome, claimed)
     skipped = sum(outcome.skipped.values())
     dead_letters_discarded.send_robust(discard, discarded=outcome.done, skipped=skipped)
     return outcome

@@ -35,13 +35,14 @@ from djcelery_ops.deadletter.call import BLOCKED_NEVER_DECODED, accepted_content
 from djcelery_ops.deadletter.models import DeadLetter, Replay
 from djcelery_ops.deadletter.outbox import ReplayError, celery_app, publish_replays
 from djcelery_ops.deadletter.sealed import SKIP_KEY_MISSING, open_payload, seal_edits, unopenable
-from djcelery_ops.deadletter.selection import (
-    SKIP_NOT_RAW,
-    chunks,
-    selected_ids,
-    skip_not_accepted,
+from djcelery_ops.deadletter.selection import SKIP_NOT_RAW, id_batches, skip_not_accepted
+from djcelery_ops.deadletter.transitions import (
+    Outcome,
+    Progress,
+    actor_of,
+    claim,
+    count_skipped,
 )
-from djcelery_ops.deadletter.transitions import Outcome, actor_of, claim, count_skipped
 from djcelery_ops.signals import replays_published
 
 if TYPE_CHECKING:
@@ -78,6 +79,8 @@ def replay(
     batch_size: int | None = None,
     run_id: str | None = None,
     app: Celery | None = None,
+    progress: Progress | None = None,
+    keep_ids: bool = True,
 ) -> Outcome:
     """Republish pending dead letters as new tasks, each at most once; see module doc.
 
@@ -91,6 +94,9 @@ def replay(
     Called inside an atomic block, publishing happens when that block commits.
     Raises ``ReplayError`` when the broker fails; its ``outcome`` says what was claimed and
     published so far, and the claimed rows stay in the outbox for the next run.
+    A queryset is read in keyset batches of ``batch_size`` (``selection.id_batches``), each
+    committed and published on its own; ``progress`` is called after each, and
+    ``keep_ids=False`` keeps no list of ids, so memory holds one batch however many rows.
     """
     if not reason.strip():
         raise ValueError("a reason is required")
@@ -100,11 +106,11 @@ def replay(
     except ImproperlyConfigured as error:
         raise ReplayError(f"nothing was replayed: {error}", published=0, unconfirmed=0) from error
     user, by_text = actor_of(by)
-    outcome = Outcome(run_id=run_id or uuid.uuid4().hex)
+    outcome = Outcome(run_id=run_id or uuid.uuid4().hex, keep_ids=keep_ids)
     editable = args is not None and kwargs is not None
     size = batch_size or ops_settings.DEAD_LETTER_REPLAY_BATCH_SIZE
     accepted = accepted_content_types((app or celery_app()).conf.accept_content)
-    for chunk in chunks(selected_ids(dead_letters), size):
+    for chunk in id_batches(dead_letters, size):
         with transaction.atomic():
             ready = chunk if editable else _decodable(chunk, accepted, outcome)
             ready = _openable(ready, outcome)
@@ -113,6 +119,8 @@ def replay(
             if claimed:
                 edits = partial(_edits, args=args, kwargs=kwargs, queue=queue)
                 _outbox(outcome, claimed, user, by_text, reason, app, edits)
+        if progress is not None:
+            progress(outcome, claimed)
     if outcome.skipped:
         skipped = sum(outcome.skipped.values())
         replays_published.send_robust(replay, published=0, unconfirmed=0, skipped=skipped)
@@ -131,6 +139,8 @@ def republish_original(
     batch_size: int | None = None,
     run_id: str | None = None,
     app: Celery | None = None,
+    progress: Progress | None = None,
+    keep_ids: bool = True,
 ) -> Outcome:
     """Publish the original bytes of messages that were never decoded, unchanged.
 
@@ -139,17 +149,17 @@ def republish_original(
     out with its content type and encoding and its original headers, under a new task id
     and the replay header, to ``queue`` (a worker that accepts it) or the original queue.
     An explicit choice, apart from ``replay``: nothing here checks what the body holds.
-    Same claim and outbox as ``replay``.
+    Same claim, outbox and batches as ``replay``.
     """
     if not reason.strip():
         raise ValueError("a reason is required")
     user, by_text = actor_of(by)
-    outcome = Outcome(run_id=run_id or uuid.uuid4().hex)
+    outcome = Outcome(run_id=run_id or uuid.uuid4().hex, keep_ids=keep_ids)
     edits: dict[str, Any] = {RAW_EDIT: {"old": None, "new": True}}
     if queue:
         edits["queue"] = {"old": None, "new": queue}
     size = batch_size or ops_settings.DEAD_LETTER_REPLAY_BATCH_SIZE
-    for chunk in chunks(selected_ids(dead_letters), size):
+    for chunk in id_batches(dead_letters, size):
         with transaction.atomic():
             raw = set(
                 DeadLetter.objects.filter(
@@ -162,6 +172,8 @@ def republish_original(
             count_skipped(outcome, ready, claimed, True)
             if claimed:
                 _outbox(outcome, claimed, user, by_text, reason, app, lambda _letter: edits)
+        if progress is not None:
+            progress(outcome, claimed)
     if not outcome.skipped[SKIP_NOT_RAW]:
         del outcome.skipped[SKIP_NOT_RAW]
     return outcome
@@ -228,8 +240,10 @@ def _count(outcome: Outcome, replays: list[Replay]) -> None:
     for replay_row in replays:
         outcome.per_task[replay_row.dead_letter.task_name] += 1
     outcome.done += len(replays)
-    outcome.dead_letter_ids.extend(replay_row.dead_letter_id for replay_row in replays)
-    outcome.new_task_ids.extend(replay_row.new_task_id for replay_row in replays)
+    outcome.add_ids(
+        (replay_row.dead_letter_id for replay_row in replays),
+        (replay_row.new_task_id for replay_row in replays),
+    )
 
 
 def _check_edit_types(args: Any, kwargs: Any) -> None:

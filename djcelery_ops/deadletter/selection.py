@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 from collections import Counter
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator
 
 from django.db.models import Count, Q, QuerySet
 
@@ -30,11 +30,16 @@ def skip_not_accepted(content_type: str) -> str:
 
 @dataclasses.dataclass
 class Plan:
-    """What a replay or discard of a selection would do, for confirmation and dry runs."""
+    """What a replay or discard of a selection would do, for confirmation and dry runs.
+
+    ``capped``: the selection has more rows than the ``cap`` given to ``plan``; the
+    figures then describe its first ``cap`` rows only.
+    """
 
     total: int
     per_task: list[tuple[str, int]]
     skipped: list[tuple[str, int]]
+    capped: bool = False
 
     @property
     def applicable(self) -> int:
@@ -59,13 +64,21 @@ def plan(
     *,
     action: str = "replay",
     accepted: Collection[str] | None = None,
+    cap: int | None = None,
 ) -> Plan:
     """Count per task what ``replay``/``discard`` would change and what it would skip.
 
     ``accepted``: the content types the replaying app decodes (a kept call of another
-    type is skipped); None does not check.
+    type is skipped); None does not check. ``cap``: count only the first ``cap`` rows
+    (in the queryset's order), so a confirmation page of 500,000 rows stays cheap; the
+    plan is then marked ``capped``.
     """
-    if queryset.query.is_sliced:
+    capped = False
+    if cap is not None:
+        capped = queryset.values("pk")[cap : cap + 1].exists()
+        if capped:
+            queryset = DeadLetter.objects.filter(pk__in=queryset.values("pk")[:cap])
+    elif queryset.query.is_sliced:
         # A slice (``--limit``) cannot be regrouped; count the rows it holds instead.
         ids = list(queryset.values_list("pk", flat=True))
         queryset = DeadLetter.objects.filter(pk__in=ids)
@@ -85,7 +98,7 @@ def plan(
         else:
             skipped[reason] += n
     total = sum(per_task.values()) + sum(skipped.values())
-    return Plan(total, sorted(per_task.items()), sorted(skipped.items()))
+    return Plan(total, sorted(per_task.items()), sorted(skipped.items()), capped)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,9 +151,44 @@ def exception_matches(name: str) -> Q:
     return Q(exception_class=name) | Q(exception_class__endswith=f".{name}")
 
 
-def chunks(ids: Sequence[int], size: int) -> Iterator[list[int]]:
-    for start in range(0, len(ids), size):
-        yield list(ids[start : start + size])
+class IdCursor:
+    """The ids of a selection, ``take(n)`` at a time, in id order, by keyset.
+
+    Each ``take`` is ``... WHERE id > <last> ORDER BY id LIMIT n`` with the selection's
+    filters: memory holds one batch, however many rows match, and a row that stopped
+    matching meanwhile (replayed by someone else) is not taken. A list of rows or ids, or
+    a sliced queryset (``--limit``, bounded by the operator), is read whole instead.
+    """
+
+    def __init__(self, dead_letters: QuerySet[DeadLetter] | Iterable[DeadLetter | int]) -> None:
+        self.rows: QuerySet[DeadLetter] | None = None
+        self.fixed: list[int] = []
+        self.position = 0
+        if isinstance(dead_letters, QuerySet) and not dead_letters.query.is_sliced:
+            self.rows = dead_letters.order_by("pk")
+        else:
+            self.fixed = selected_ids(dead_letters)
+        self.last: int | None = None
+
+    def take(self, size: int) -> list[int]:
+        if self.rows is None:
+            batch = self.fixed[self.position : self.position + size]
+            self.position += len(batch)
+            return batch
+        rows = self.rows if self.last is None else self.rows.filter(pk__gt=self.last)
+        batch = list(rows.values_list("pk", flat=True)[:size])
+        if batch:
+            self.last = batch[-1]
+        return batch
+
+
+def id_batches(
+    dead_letters: QuerySet[DeadLetter] | Iterable[DeadLetter | int], size: int
+) -> Iterator[list[int]]:
+    """The selection's ids in batches of ``size`` (``IdCursor``: bounded memory)."""
+    cursor = IdCursor(dead_letters)
+    while batch := cursor.take(size):
+        yield batch
 
 
 def selected_ids(dead_letters: QuerySet[DeadLetter] | Iterable[DeadLetter | int]) -> list[int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from djcelery_ops.deadletter.discard import PURGEABLE, discard, purge
+from djcelery_ops.deadletter.groups import GROUP_COUNT_CAP, pending_groups
 from djcelery_ops.deadletter.outbox import (
     ReplayError,
     celery_app,
@@ -14,24 +15,29 @@ from djcelery_ops.deadletter.replay import replay, republish_original
 from djcelery_ops.deadletter.selection import (
     SKIP_NOT_FOUND,
     SKIP_TRUNCATED,
+    IdCursor,
     Plan,
     Selection,
     plan,
     skip_reason,
 )
-from djcelery_ops.deadletter.transitions import Outcome
+from djcelery_ops.deadletter.transitions import Outcome, Progress
 
 __all__ = [
+    "GROUP_COUNT_CAP",
+    "IdCursor",
     "PURGEABLE",
     "SKIP_NOT_FOUND",
     "SKIP_TRUNCATED",
     "Outcome",
     "Plan",
+    "Progress",
     "ReplayError",
     "Selection",
     "celery_app",
     "discard",
     "interrupted_replays",
+    "pending_groups",
     "plan",
     "publish_options",
     "purge",

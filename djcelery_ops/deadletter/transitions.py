@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from django.db import connection
@@ -27,7 +28,11 @@ Status = DeadLetter.Status
 
 @dataclasses.dataclass
 class Outcome:
-    """What a replay or discard did: rows changed, per task, and rows skipped and why."""
+    """What a replay or discard did: rows changed, per task, and rows skipped and why.
+
+    ``keep_ids`` False: the lists of ids stay empty, so a run over 500,000 rows holds one
+    batch in memory (the caller learns each batch's ids through ``progress``).
+    """
 
     run_id: str
     done: int = 0  # rows claimed (replay: committed to the outbox)
@@ -36,6 +41,16 @@ class Outcome:
     skipped: Counter[str] = dataclasses.field(default_factory=Counter)
     dead_letter_ids: list[int] = dataclasses.field(default_factory=list)
     new_task_ids: list[str] = dataclasses.field(default_factory=list)
+    keep_ids: bool = True
+
+    def add_ids(self, dead_letter_ids: Iterable[int], new_task_ids: Iterable[str] = ()) -> None:
+        if self.keep_ids:
+            self.dead_letter_ids.extend(dead_letter_ids)
+            self.new_task_ids.extend(new_task_ids)
+
+
+Progress = Callable[[Outcome, list[int]], None]
+"""Called after each committed batch with the outcome so far and that batch's claimed ids."""
 
 
 def actor_of(by: Actor) -> tuple[Any, str]:

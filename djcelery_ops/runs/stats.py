@@ -11,6 +11,8 @@ from django.db import connections
 from django.db.models import Aggregate, Count, FloatField, Max, Q
 from django.db.models.functions import Collate
 
+from djcelery_ops.db import distinct_column_values
+
 if TYPE_CHECKING:
     from djcelery_ops.runs.models import TaskRunQuerySet
 
@@ -97,34 +99,10 @@ DISTINCT_COLUMNS = frozenset({"task_name", "queue", "tenant"})
 
 
 def distinct_values(column: str, using: str = "default") -> list[str]:
-    """Distinct non-empty values of an indexed column of the whole table.
-
-    On PostgreSQL a recursive query walks the index one value at a time (a "loose index
-    scan"): a few dozen index probes instead of reading millions of rows. The ``<> ''``
-    lets the planner use the partial index on tenant for a parameterised comparison.
-    """
+    """Distinct non-empty values of an indexed column of the whole table (index skip scan,
+    ``db.distinct_column_values``)."""
     from djcelery_ops.runs.models import TaskRun
 
     if column not in DISTINCT_COLUMNS:
         raise ValueError(f"no distinct scan for {column!r}")
-    connection = connections[using]
-    if connection.vendor != "postgresql":
-        values = TaskRun.objects.using(using).exclude(**{column: ""}).values_list(column, flat=True)
-        return sorted(set(values))
-    table = connection.ops.quote_name(TaskRun._meta.db_table)
-    col = connection.ops.quote_name(column)
-    sql = f"""
-        WITH RECURSIVE walk(value) AS (
-            (SELECT {col} FROM {table} WHERE {col} > '' ORDER BY {col} LIMIT 1)
-            UNION ALL
-            SELECT (
-                SELECT {col} FROM {table} WHERE {col} > walk.value AND {col} <> ''
-                ORDER BY {col} LIMIT 1
-            )
-            FROM walk WHERE walk.value IS NOT NULL
-        )
-        SELECT value FROM walk WHERE value IS NOT NULL
-    """  # noqa: S608 - table and column are quoted names from a fixed set
-    with connection.cursor() as cursor:
-        cursor.execute(sql)
-        return [row[0] for row in cursor.fetchall()]
+    return distinct_column_values(TaskRun, column, using=using)

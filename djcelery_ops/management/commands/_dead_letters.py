@@ -90,8 +90,7 @@ def merge(total: Outcome, part: Outcome) -> None:
     total.published += part.published
     total.per_task.update(part.per_task)
     total.skipped.update(part.skipped)
-    total.dead_letter_ids += part.dead_letter_ids
-    total.new_task_ids += part.new_task_ids
+    total.add_ids(part.dead_letter_ids, part.new_task_ids)
 
 
 def matching_rows(selection: Selection) -> QuerySet[DeadLetter]:
@@ -118,13 +117,14 @@ def announce(command: OpsCommand, verb: str, selection: Selection, action: str) 
 
 def announce_and_plan(
     command: OpsCommand, verb: str, selection: Selection, *, dry_run: bool
-) -> bool:
-    """Say what matches; on a dry run print the plan. True when there is work to do now."""
+) -> Plan | None:
+    """Say what matches; on a dry run print the plan. The plan when there is work to do now
+    (its ``total``, the rows matched, is what progress lines count up to)."""
     the_plan = announce(command, verb, selection, action=verb)
     if not the_plan.applicable:
-        return False
+        return None
     if dry_run:
         for line in plan_lines(verb, the_plan):
             command.stdout.write(line)
-        return False
-    return True
+        return None
+    return the_plan

@@ -23,6 +23,7 @@ from django.db import DatabaseError, InterfaceError
 from djcelery_ops.conf import ops_settings
 from djcelery_ops.deadletter.call import BLOCKED_NEVER_DECODED
 from djcelery_ops.deadletter.services import (
+    IdCursor,
     Outcome,
     ReplayError,
     interrupted_replays,
@@ -166,13 +167,16 @@ class Command(OpsCommand):
             first = None if canary is None else positive_int_option(canary, "--canary")
             failure_limit = parse_fraction(max_failure_rate)
             timeout = self._timeout(canary_timeout)
-            if not common.announce_and_plan(self, "replay", selection, dry_run=dry_run):
+            the_plan = common.announce_and_plan(self, "replay", selection, dry_run=dry_run)
+            if the_plan is None:
                 return
             self._recover(dry_run=False, older_than=None)
-            ids = list(common.matching_rows(selection).values_list("pk", flat=True))
+            # Read in keyset batches, not as one list of ids: bounded memory at any size.
+            ids = IdCursor(common.matching_rows(selection))
             if per_second is not None:
                 size = min(size, max(1, math.floor(per_second)))  # bursts of one second at most
-            run = _Run(self, ids, actor, reason, size, per_second, timeout, run_id)
+            run = _Run(self, ids, the_plan.total, actor, reason, size, per_second, timeout)
+            run.total.run_id = run_id or run.total.run_id
             run.queue = options["to_queue"]
             state["run"] = run
             self._go(run, first, failure_limit)
@@ -279,33 +283,30 @@ class _Run:
     def __init__(
         self,
         command: Command,
-        ids: list[int],
+        ids: IdCursor,
+        matched: int,
         by: str,
         reason: str,
         size: int,
         rate: float | None,
         timeout: float,
-        run_id: str | None = None,
     ) -> None:
-        self.command, self.ids, self.by, self.reason = command, ids, by, reason
-        self.size, self.rate, self.timeout = size, rate, timeout
-        self.total = Outcome(run_id=run_id or uuid.uuid4().hex)
+        self.command, self.ids, self.matched, self.by = command, ids, matched, by
+        self.reason, self.size, self.rate, self.timeout = reason, size, rate, timeout
+        self.total = Outcome(run_id=uuid.uuid4().hex, keep_ids=False)
         self.queue: str | None = None
         self.started = time.monotonic()
 
     def go(self, canary: int | None, max_failure_rate: float | None) -> None:
-        position = 0
         if canary:
-            position = min(canary, len(self.ids))
-            part = self._batch(self.ids[:position])
+            part = self._batch(self.ids.take(canary))
             self._wait_for_outcomes(part, "canary")
             failed = self._failed(part.new_task_ids)
             if failed:
                 raise GuardStop(f"{failed} of {part.done} canary replays failed again.")
             self.command.stdout.write(f"Canary: {part.done} replays succeeded.")
-        while position < len(self.ids):
-            part = self._batch(self.ids[position : position + self.size])
-            position += self.size
+        while batch := self.ids.take(self.size):
+            part = self._batch(batch)
             if max_failure_rate is not None:
                 self._wait_for_outcomes(part, "batch")
                 self._check_failure_rate(max_failure_rate)
@@ -322,7 +323,7 @@ class _Run:
         common.merge(self.total, part)
         skipped = sum(self.total.skipped.values())
         published = self.total.published
-        self.command.stdout.write(f"Replayed {published}/{len(self.ids)} (skipped {skipped})")
+        self.command.stdout.write(f"Replayed {published}/{self.matched} (skipped {skipped})")
         self._throttle()
         return part
 
