@@ -18,6 +18,7 @@ imports prometheus_client. The view then sums every process's files with
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import time
@@ -221,15 +222,31 @@ def on_before_task_publish(sender: Any = None, headers: Any = None, **kwargs: An
         metrics().beat_dispatches.labels(str(sender or "")).inc()
 
 
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:  # marked dead and removed since the listing
+        return 0
+
+
 def exposition() -> tuple[bytes, str]:
     """The text format of every metric; summed over processes in multiprocess mode."""
     from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
     from prometheus_client.multiprocess import MultiProcessCollector
 
+    class StartedFilesCollector(MultiProcessCollector):
+        # A process creates its metrics file empty and sizes it a moment later: reading it
+        # in between raises struct.error and fails the whole scrape, for good if the process
+        # died in that moment (prometheus/client_python#1199). An empty file holds no value.
+        def collect(self) -> Any:
+            files = glob.glob(os.path.join(self._path, "*.db"))
+            started = [f for f in files if _size(f) > 0]
+            return self.merge(started, accumulate=True)  # type: ignore[no-untyped-call]
+
     registry: Any = REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
-        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        StartedFilesCollector(registry)  # type: ignore[no-untyped-call]
     scraped = CollectorRegistry(auto_describe=False)
     scraped.register(OpsCollector())
     return generate_latest(registry) + generate_latest(scraped), CONTENT_TYPE_LATEST

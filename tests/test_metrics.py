@@ -238,3 +238,14 @@ def test_recorder_drops_and_leader_changes__counted_by_reason(client, settings, 
     assert added("djcelery_ops_beat_leader_changes_total", change="acquired") == 1
     assert added("djcelery_ops_beat_leader_changes_total", change="lost") == 1
     assert "dropped-" not in after
+
+
+def test_an_empty_metrics_file_does_not_fail_the_scrape(tmp_path, monkeypatch):
+    # A process creates its file empty and sizes it a moment later; a scrape in between,
+    # or after that process died in between, must still answer with everyone else's values.
+    from djcelery_ops.metrics import exposition
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    (tmp_path / "counter_4242.db").write_bytes(b"")
+    text, _ = exposition()
+    assert "djcelery_ops_" in text.decode()
