@@ -1,6 +1,7 @@
 """``manage.py purge_task_runs``: delete job runs older than a retention period, in batches.
 
-Exit codes (README, "Exit codes"): 0 done or nothing to do, 1 bad input, 4 interrupted.
+Exit codes (README, "Exit codes"): 0 done or nothing to do, 1 bad input, 4 interrupted,
+5 database lost mid-run.
 """
 
 from __future__ import annotations
