@@ -124,7 +124,10 @@ def plural(count: int, thing: str) -> str:
 
 
 def past_tense(verb: str) -> str:
-    """Every verb the commands use is regular: purge -> purged, replay -> replayed."""
+    """Every verb the commands use is regular: purge -> purged, replay -> replayed,
+    copy -> copied."""
+    if verb.endswith("y") and verb[-2:-1] not in ("a", "e", "o", "u"):
+        return verb[:-1] + "ied"
     return verb + ("d" if verb.endswith("e") else "ed")
 
 

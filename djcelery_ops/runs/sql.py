@@ -28,6 +28,11 @@ from djcelery_ops.runs.merge import (
 )
 
 
+def merge_assignments(table: str, using: str = "default") -> str:
+    """The ``DO UPDATE SET`` list of the upsert: ``runs.merge``'s rules in SQL."""
+    return _upsert_assignments(table, connections[using].ops.quote_name)
+
+
 def _upsert_assignments(table: str, quote: Any) -> str:
     t = quote(table)
 
@@ -110,6 +115,29 @@ def _head(connection: Any) -> tuple[str, str]:
     return head, tail
 
 
+def _partitioned_sql(connection: Any, rows_sql: str) -> str:
+    """The upsert into daily partitions (``runs.partitions``): each row goes to the day
+    its task id already has in the last lookback days, or to today; the conflict is on
+    ``(task_id, recorded_on)``, so the ``DO UPDATE`` is the same merge."""
+    from djcelery_ops.conf import ops_settings
+    from djcelery_ops.runs.models import TaskRun
+    from djcelery_ops.runs.partitions import KEY, TODAY
+
+    quote, table = connection.ops.quote_name, TaskRun._meta.db_table
+    t, key = quote(table), quote(KEY)
+    back = int(ops_settings.RUNS_PARTITION_LOOKBACK_DAYS)
+    names = ", ".join(quote(c) for c in COLUMNS)
+    day = (
+        f"COALESCE((SELECT r.{key} FROM {t} r WHERE r.{quote('task_id')} = u.{quote('task_id')} "
+        f"AND r.{key} BETWEEN {TODAY} - {back} AND {TODAY} LIMIT 1), {TODAY})"
+    )
+    return (
+        f"INSERT INTO {t} ({names}, {key}) SELECT u.*, {day} FROM {rows_sql} AS u({names}) "
+        f"ON CONFLICT ({quote('task_id')}, {key}) DO UPDATE SET "
+        f"{_upsert_assignments(table, quote)}"
+    )
+
+
 def _write_with_unnest(cursor: Any, connection: Any, rows: list[Mapping[str, Any]]) -> None:
     """PostgreSQL: one array per column, so the statement text never changes and the
     values travel as 20 arrays instead of 20 parameters per row.
@@ -130,8 +158,13 @@ def _write_with_unnest(cursor: Any, connection: Any, rows: list[Mapping[str, Any
     # %b: psycopg 3 sends the arrays in binary, nothing is quoted or parsed as text.
     placeholder = "%b" if is_psycopg3 else "%s"
     casts = ", ".join(f"{placeholder}::{_array_type(field, connection)}[]" for field in fields)
-    head, tail = _head(connection)
-    sql = f"{head}SELECT * FROM unnest({casts}){tail}"
+    from djcelery_ops.runs.partitions import is_partitioned
+
+    if is_partitioned(connection):
+        sql = _partitioned_sql(connection, f"unnest({casts})")
+    else:
+        head, tail = _head(connection)
+        sql = f"{head}SELECT * FROM unnest({casts}){tail}"
     if not is_psycopg3:
         cursor.execute(sql, arrays)
         return
