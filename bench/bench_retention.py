@@ -13,6 +13,15 @@ batch transaction, which is the longest any row lock was held. Each table is emp
 
 ``--partitioned`` converts the job-run table to daily partitions first
 (``partition_task_runs``), so ``purge_task_runs`` drops whole days instead.
+
+``--recording`` measures instead what daily partitions are for: the recorder's upsert
+(``runs.sql.write_runs``, batches of 2,000 new task ids, each one event carrying started
+and succeeded, as a child writes a task that ran at once) on the partitioned table while
+it is empty, then again with ``--rows`` runs in it spread over the 60 days before
+yesterday (each day built as a table and attached, indexes included, so seeding is not
+the bottleneck). Fresh task ids each time; the median of ``--rounds`` timed passes.
+
+    .venv/bin/python bench/bench_retention.py --recording --rows 20000000 [--batches 50]
 """
 
 from __future__ import annotations
@@ -140,6 +149,124 @@ def purge(command: str, batch_size: int | None) -> tuple[str, str]:
     return out.getvalue(), " ".join([command, *args])
 
 
+def recording_rate(batches: int, size: int = 2000) -> float:
+    """Events/s of ``write_runs`` over ``batches`` batches of new task ids."""
+    import uuid
+
+    from django.db import transaction
+    from django.utils import timezone
+
+    from djcelery_ops.runs.sql import write_runs
+
+    began = time.monotonic()
+    for _ in range(batches):
+        now = timezone.now()
+        events = [
+            {
+                "task_id": str(uuid.uuid4()),
+                "state": "succeeded",
+                "progress": 40,
+                "retries": 0,
+                "task_name": f"app.tasks.job_{n % 20}",
+                "queue": "default",
+                "worker_hostname": "bench@worker-1",
+                "args_digest": uuid.uuid4().hex,
+                "received_at": now,
+                "started_at": now,
+                "finished_at": now,
+                "runtime": 0.01,
+            }
+            for n in range(size)
+        ]
+        with transaction.atomic():
+            write_runs(events)
+    return batches * size / (time.monotonic() - began)
+
+
+def seed_old_partitions(rows: int, days: int = 60) -> float:
+    """``rows`` runs over the ``days`` days before yesterday: per day, fill a plain table,
+    then attach it as that day's partition (PostgreSQL builds its indexes in one sort)."""
+    import datetime
+
+    from django.apps import apps
+    from django.db import connection
+
+    from djcelery_ops.runs import partitions
+
+    model = apps.get_model("djcelery_ops.TaskRun")
+    overrides = dict(TABLES["runs"][2])
+    per_day, began, today = rows // days, time.monotonic(), partitions.today()
+    quote, parent = connection.ops.quote_name, connection.ops.quote_name(partitions.table())
+    for offset in range(days + 1, 1, -1):
+        day = today - datetime.timedelta(days=offset)
+        name = partitions.partition_name(day)
+        start = (days + 1 - offset) * per_day + 1
+        moment = f"('{day}'::timestamptz + (g - {start}) * interval '1 second' * {86400 / per_day})"
+        overrides.update(task_id="md5(g::text)::uuid::text", received_at=moment,
+                         started_at=moment, finished_at=moment)  # fmt: skip
+        sql = seed_sql(model, overrides).replace(parent, quote(name), 1)
+        sql = sql.replace(") SELECT ", ", recorded_on) SELECT ", 1).replace(
+            " FROM generate_series", f", '{day}'::date FROM generate_series", 1
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP TABLE IF EXISTS {quote(name)}")  # left by a failed run
+            cursor.execute(
+                f"CREATE TABLE {quote(name)} (LIKE {parent} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
+            )
+            cursor.execute(
+                f"ALTER TABLE {quote(name)} ALTER COLUMN id SET DEFAULT "
+                f"nextval(pg_get_serial_sequence('{partitions.table()}', 'id'))"
+            )
+            cursor.execute(sql, {"start": start, "stop": start + per_day - 1})
+            cursor.execute(
+                f"ALTER TABLE {parent} ATTACH PARTITION {quote(name)} "
+                f"FOR VALUES FROM ('{day}') TO ('{day + datetime.timedelta(days=1)}')"
+            )
+            cursor.execute(f"ANALYZE {quote(name)}")
+        print(f"  seeded {day}: {(days + 2 - offset) * per_day:,}/{rows:,}", flush=True)
+    return time.monotonic() - began
+
+
+def bench_recording(rows: int, batches: int, rounds: int) -> None:
+    import statistics
+
+    from django.core.management import call_command
+    from django.db import connection
+
+    from djcelery_ops.runs import partitions
+
+    if not partitions.is_partitioned():
+        call_command("partition_task_runs", "--convert", "--days-ahead", "2")
+    t = connection.ops.quote_name(partitions.table())
+    with connection.cursor() as cursor:
+        cursor.execute(f"TRUNCATE {t}")
+    for p in partitions.partitions():
+        if p.end < partitions.today() - __import__("datetime").timedelta(days=1):
+            partitions.drop_partition(p)
+    figures = {}
+    for label, seed_rows in (("empty", 0), (f"{rows:,} runs", rows)):
+        if seed_rows:
+            print(f"seeding {seed_rows:,} runs into old partitions", flush=True)
+            print(f"  seeded in {seed_old_partitions(seed_rows):.0f} s", flush=True)
+        rates = []
+        for _ in range(rounds):
+            with connection.cursor() as cursor:  # today's partition starts empty each pass
+                cursor.execute(
+                    f"DELETE FROM {t} WHERE recorded_on >= (now() AT TIME ZONE 'UTC')::date"
+                )
+                cursor.execute(f"VACUUM ANALYZE {t}")
+            rates.append(recording_rate(batches))
+            print(f"  {label}: {rates[-1]:,.0f} runs/s", flush=True)
+        figures[label] = rates
+    print()
+    print(f"{'table':<16} {'median runs/s':>14} {'passes':>40}")
+    for label, rates in figures.items():
+        passes = ", ".join(f"{r:,.0f}" for r in rates)
+        print(f"{label:<16} {statistics.median(rates):>14,.0f} {passes:>40}")
+    empty, full = (statistics.median(r) for r in figures.values())
+    print(f"ratio {full / empty:.3f} (full / empty)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -147,6 +274,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default: each command's")
     parser.add_argument("--partitioned", action="store_true")
     parser.add_argument("--keep", action="store_true", help="do not TRUNCATE afterwards")
+    parser.add_argument("--recording", action="store_true", help="time the recorder instead")
+    parser.add_argument("--batches", type=int, default=50, help="--recording: batches a pass")
+    parser.add_argument("--rounds", type=int, default=3, help="--recording: passes a table")
     options = parser.parse_args()
 
     import django
@@ -159,6 +289,9 @@ def main() -> None:
     if connection.vendor != "postgresql":
         raise SystemExit("needs PostgreSQL: set DATABASE_URL")
     call_command("migrate", verbosity=0)
+    if options.recording:
+        bench_recording(options.rows, options.batches, options.rounds)
+        return
     results = []
     for name in options.tables.split(","):
         label, commands, overrides = TABLES[name]

@@ -127,9 +127,17 @@ def _partitioned_sql(connection: Any, rows_sql: str) -> str:
     t, key = quote(table), quote(KEY)
     back = int(ops_settings.RUNS_PARTITION_LOOKBACK_DAYS)
     names = ", ".join(quote(c) for c in COLUMNS)
+    # A first attempt's event that carries its receipt time (a task that ran at once: the
+    # common case) can only have a row from that day on, less a day for clock skew and a
+    # redelivery: it probes two partitions, not all the lookback's (run-time pruning).
+    received, retries = f"u.{quote('received_at')}", f"u.{quote('retries')}"
+    since = (
+        f"CASE WHEN {retries} = 0 AND {received} IS NOT NULL THEN GREATEST({TODAY} - {back}, "
+        f"({received} AT TIME ZONE 'UTC')::date - 1) ELSE {TODAY} - {back} END"
+    )
     day = (
         f"COALESCE((SELECT r.{key} FROM {t} r WHERE r.{quote('task_id')} = u.{quote('task_id')} "
-        f"AND r.{key} BETWEEN {TODAY} - {back} AND {TODAY} LIMIT 1), {TODAY})"
+        f"AND r.{key} BETWEEN {since} AND {TODAY} LIMIT 1), {TODAY})"
     )
     return (
         f"INSERT INTO {t} ({names}, {key}) SELECT u.*, {day} FROM {rows_sql} AS u({names}) "
