@@ -210,9 +210,8 @@ def seed_old_partitions(rows: int, days: int = 60) -> float:
         )
         with connection.cursor() as cursor:
             cursor.execute(f"DROP TABLE IF EXISTS {quote(name)}")  # left by a failed run
-            cursor.execute(
-                f"CREATE TABLE {quote(name)} (LIKE {parent} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
-            )
+            like = f"LIKE {parent} INCLUDING DEFAULTS INCLUDING CONSTRAINTS"
+            cursor.execute(f"CREATE TABLE {quote(name)} ({like})")
             cursor.execute(
                 f"ALTER TABLE {quote(name)} ALTER COLUMN id SET DEFAULT "
                 f"nextval(pg_get_serial_sequence('{partitions.table()}', 'id'))"

@@ -68,7 +68,7 @@ def is_partitioned(using: Any = None) -> bool:
         )
         row = cursor.fetchone()
     partitioned = bool(row and row[0])
-    conn._djops_runs_partitioned = (conn.connection, partitioned)
+    conn.__dict__["_djops_runs_partitioned"] = (conn.connection, partitioned)
     return partitioned
 
 
@@ -109,7 +109,8 @@ def partitions() -> list[Partition]:
 def today() -> datetime.date:
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT {TODAY}")
-        return cursor.fetchone()[0]
+        day: datetime.date = cursor.fetchone()[0]
+    return day
 
 
 def create_partition_sql(day: datetime.date) -> str:
@@ -279,17 +280,6 @@ def copy_unpartitioned(batch_size: int, stats: BatchedDelete | None = None) -> I
         yield stats.deleted
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(f"DROP TABLE {old}")
-
-
-def survey(partition: Partition, keep: str, params: list[Any]) -> tuple[int, int]:
-    """Rows in ``partition``, and how many of them match ``keep`` (must stay): one scan."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT count(*), count(*) FILTER (WHERE {keep}) FROM {_quote(partition.name)}",
-            params,
-        )
-        total, kept = cursor.fetchone()
-    return int(total), int(kept)
 
 
 def drop_partition(partition: Partition) -> None:
