@@ -157,6 +157,12 @@ class BatchedDelete:
         return self.deleted / max(self.elapsed, 1e-9)
 
 
+# A batch whose transaction takes longer than this halves the next one; a batch four
+# times quicker doubles it again, up to the batch size asked for. Locks stay well under a
+# second on a slow or loaded database.
+BATCH_SECONDS_TARGET = 0.5
+
+
 def delete_in_batches(
     rows: QuerySet[Any], batch_size: int, stats: BatchedDelete | None = None
 ) -> Iterator[int]:
@@ -166,15 +172,17 @@ def delete_in_batches(
     ids after the last one seen (an index range, never the deleted rows again), then deletes
     them in its own short transaction that re-applies the queryset's filters, so a row that
     stopped matching meanwhile (a dead letter replayed during a purge) is kept, and no lock
-    is held longer than one batch. ``stats``, if given, gets each batch's count and time.
+    is held longer than one batch. ``batch_size`` is the most a batch deletes: a batch
+    slower than ``BATCH_SECONDS_TARGET`` halves the next. ``stats``, if given, gets each
+    batch's count and time.
     """
     model_label = rows.model._meta.label
     stats = stats if stats is not None else BatchedDelete()
     ordered = rows.order_by("pk")
-    last = None
+    last, size = None, batch_size
     while True:
         page = ordered if last is None else ordered.filter(pk__gt=last)
-        ids = list(page.values_list("pk", flat=True)[:batch_size])
+        ids = list(page.values_list("pk", flat=True)[:size])
         if not ids:
             return
         last = ids[-1]
@@ -184,5 +192,15 @@ def delete_in_batches(
             # it reads ids, not every column (a dead letter's args and traceback).
             doomed = rows.filter(pk__in=ids).only("pk")
             deleted = doomed.delete()[1].get(model_label, 0)
-        stats.record(deleted, time.monotonic() - began)
+        seconds = time.monotonic() - began
+        stats.record(deleted, seconds)
+        size = next_batch_size(size, seconds, batch_size)
         yield stats.deleted
+
+
+def next_batch_size(size: int, seconds: float, most: int) -> int:
+    if seconds > BATCH_SECONDS_TARGET:
+        return max(1, size // 2)
+    if seconds < BATCH_SECONDS_TARGET / 4:
+        return min(most, size * 2)
+    return size

@@ -144,3 +144,14 @@ def test_delete_in_batches__walks_the_keys_once_and_keeps_rows_that_stop_matchin
     assert list(batches) == [4, 6]
     assert stats.deleted == 6 and stats.batches == 3
     assert "renamed" in remaining()
+
+
+def test_next_batch_size__halves_after_a_slow_batch_and_grows_back_to_the_most_asked():
+    from djcelery_ops.db import BATCH_SECONDS_TARGET, next_batch_size
+
+    slow, quick, fair = BATCH_SECONDS_TARGET * 2, BATCH_SECONDS_TARGET / 8, BATCH_SECONDS_TARGET
+    assert next_batch_size(10_000, slow, 10_000) == 5_000
+    assert next_batch_size(1, slow, 10_000) == 1
+    assert next_batch_size(5_000, fair, 10_000) == 5_000
+    assert next_batch_size(5_000, quick, 10_000) == 10_000
+    assert next_batch_size(8_000, quick, 10_000) == 10_000
