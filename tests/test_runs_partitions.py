@@ -222,3 +222,33 @@ def test_commands__refuse_sqlite_clearly():
     with pytest.raises(CommandError, match="Daily partitions need PostgreSQL"):
         run("--convert")
     assert not partitions.is_partitioned()
+
+
+def test_purge__a_partition_whose_lock_is_not_granted_is_skipped_and_said(postgresql, monkeypatch):
+    from django.db import OperationalError
+
+    from djcelery_ops.runs import retention
+
+    run("--convert", "--days-ahead", "1")
+    TaskRun.objects.create(
+        task_id="old",
+        state=State.SUCCEEDED,
+        finished_at=timezone.now() - datetime.timedelta(days=30),
+    )
+    move(["old"], day(-30))
+
+    class LockNotAvailable(Exception):
+        sqlstate = "55P03"
+
+    def locked(partition):
+        raise OperationalError("canceling statement due to lock timeout") from LockNotAvailable()
+
+    monkeypatch.setattr(partitions, "drop_partition", locked)
+    monkeypatch.setattr(retention.time, "sleep", lambda seconds: None)
+    name = partitions.partition_name(day(-30))
+    assert purge("--older-than", "14d") == (
+        f"Skipped partition {name}: its lock was not granted within 1s, 3 times; "
+        "run the command again later.\n"
+        "Nothing to purge: no task runs older than 14d.\n"
+    )
+    assert recorded_on("old") == [day(-30)]

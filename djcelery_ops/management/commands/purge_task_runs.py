@@ -51,7 +51,15 @@ class Command(OpsCommand):
         stats = BatchedDelete()
         with self.stopping_cleanly(stats, "task run", detail):
             for d in droppable:
-                stats.record(d.runs, retention.drop(d))
+                seconds = retention.drop(d)
+                if seconds is None:
+                    self.stdout.write(
+                        f"Skipped partition {d.partition.name}: its lock was not granted "
+                        f"within {partitions.LOCK_TIMEOUT}, {retention.DROP_ATTEMPTS} times; "
+                        "run the command again later."
+                    )
+                    continue
+                stats.record(d.runs, seconds)
                 self.say_drop("Dropped", d)
             for deleted in delete_in_batches(rest, size, stats):
                 self.progress("purge", deleted, total, "task run", stats)
