@@ -252,3 +252,13 @@ def test_purge__a_partition_whose_lock_is_not_granted_is_skipped_and_said(postgr
         "Nothing to purge: no task runs older than 14d.\n"
     )
     assert recorded_on("old") == [day(-30)]
+
+
+def test_recorder__creates_todays_partition_when_the_daily_command_did_not(postgresql):
+    run("--convert", "--days-ahead", "1")
+    today_partition = partitions.partition_name(today())
+    with connection.cursor() as cursor:
+        cursor.execute(f'DROP TABLE "{today_partition}"')
+    write_runs([started("t-1")])
+    assert recorded_on("t-1") == [today()]
+    assert today_partition in [p.name for p in partitions.partitions()]

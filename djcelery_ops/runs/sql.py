@@ -10,7 +10,7 @@ statement, and its cost per row is what the job-run benchmark measures.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from django.db import connections
@@ -170,9 +170,15 @@ def _write_with_unnest(cursor: Any, connection: Any, rows: list[Mapping[str, Any
 
     if is_partitioned(connection):
         sql = _partitioned_sql(connection, f"unnest({casts})")
-    else:
-        head, tail = _head(connection)
-        sql = f"{head}SELECT * FROM unnest({casts}){tail}"
+        _into_todays_partition(lambda: _execute(cursor, connection, sql, arrays), connection)
+        return
+    head, tail = _head(connection)
+    _execute(cursor, connection, f"{head}SELECT * FROM unnest({casts}){tail}", arrays)
+
+
+def _execute(cursor: Any, connection: Any, sql: str, arrays: list[Any]) -> None:
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
     if not is_psycopg3:
         cursor.execute(sql, arrays)
         return
@@ -183,6 +189,24 @@ def _write_with_unnest(cursor: Any, connection: Any, rows: list[Mapping[str, Any
     wrapper = CursorDebugWrapper if connection.queries_logged else CursorWrapper
     with wrapper(psycopg.Cursor(connection.connection), connection) as server_bound:
         server_bound.execute(sql, arrays)
+
+
+def _into_todays_partition(write: Callable[[], None], connection: Any) -> None:
+    """Write; if today has no partition yet (``partition_task_runs`` not run), create it
+    and write again, rather than lose the batch."""
+    from django.db import IntegrityError, transaction
+
+    from djcelery_ops.runs import partitions
+
+    try:
+        with transaction.atomic(using=connection.alias):
+            write()
+    except IntegrityError as error:
+        if "no partition of relation" not in str(error):
+            raise
+        day = partitions.today()
+        partitions.create_partitions(day, day)
+        write()
 
 
 PG_ARRAY_TYPES = {
