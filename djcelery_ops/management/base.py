@@ -245,24 +245,26 @@ class OpsCommand(BaseCommand):
             )
 
     @contextlib.contextmanager
-    def stopping_cleanly(self, stats: BatchedDelete, thing: str, detail: str) -> Iterator[None]:
+    def stopping_cleanly(
+        self, stats: BatchedDelete, thing: str, detail: str, verb: str = "purge"
+    ) -> Iterator[None]:
         """Ctrl-C (exit 4) or a lost database (exit 5) mid-purge: say what is done."""
         try:
             yield
         except KeyboardInterrupt:
-            done = f"{plural(stats.deleted, thing)} {detail} purged"
+            done = f"{plural(stats.deleted, thing)} {detail} {past_tense(verb)}"
             raise CommandError(
                 f"Interrupted: {done}; each batch reported above is committed. "
-                "Run the command again to purge the rest.",
+                f"Run the command again to {verb} the rest.",
                 returncode=EXIT_INTERRUPTED,
             ) from None
         except (OperationalError, InterfaceError) as error:
             first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            done = f"{plural(stats.deleted, thing)} {detail} purged"
+            done = f"{plural(stats.deleted, thing)} {detail} {past_tense(verb)}"
             raise CommandError(
                 f"Stopped: the database is unreachable ({first}). {done}; a batch whose "
                 "commit did not reach the database was rolled back. When the database is "
-                "back, run the command again to purge the rest.",
+                f"back, run the command again to {verb} the rest.",
                 returncode=EXIT_DATABASE_UNREACHABLE,
             ) from None
 

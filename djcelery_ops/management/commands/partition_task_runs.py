@@ -105,7 +105,7 @@ class Command(OpsCommand):
             self.stdout.write(f"Would copy {plural(total, 'task run')} from {old}, then drop it.")
             return
         stats = BatchedDelete()
-        with self.stopping_cleanly(stats, "task run", f"copied from {old}"):
+        with self.stopping_cleanly(stats, "task run", f"from {old}", verb="copy"):
             for moved in partitions.copy_unpartitioned(size, stats):
                 self.progress("copy", moved, total, "task run", stats)
         self.stdout.write(f"Copied {plural(stats.deleted, 'task run')} from {old}; dropped it.")
