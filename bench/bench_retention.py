@@ -149,38 +149,70 @@ def purge(command: str, batch_size: int | None) -> tuple[str, str]:
     return out.getvalue(), " ".join([command, *args])
 
 
-def recording_rate(batches: int, size: int = 2000) -> float:
-    """Events/s of ``write_runs`` over ``batches`` batches of new task ids."""
+def new_runs(size: int) -> list[dict]:
     import uuid
 
-    from django.db import transaction
     from django.utils import timezone
+
+    now = timezone.now()
+    return [
+        {
+            "task_id": str(uuid.uuid4()),
+            "state": "succeeded",
+            "progress": 40,
+            "retries": 0,
+            "task_name": f"app.tasks.job_{n % 20}",
+            "queue": "default",
+            "worker_hostname": "bench@worker-1",
+            "args_digest": uuid.uuid4().hex,
+            "received_at": now,
+            "started_at": now,
+            "finished_at": now,
+            "runtime": 0.01,
+        }
+        for n in range(size)
+    ]
+
+
+def recording_rate(batches: int, size: int = 2000) -> float:
+    """Events/s of ``write_runs`` over ``batches`` batches of new task ids."""
+    from django.db import transaction
 
     from djcelery_ops.runs.sql import write_runs
 
     began = time.monotonic()
     for _ in range(batches):
-        now = timezone.now()
-        events = [
-            {
-                "task_id": str(uuid.uuid4()),
-                "state": "succeeded",
-                "progress": 40,
-                "retries": 0,
-                "task_name": f"app.tasks.job_{n % 20}",
-                "queue": "default",
-                "worker_hostname": "bench@worker-1",
-                "args_digest": uuid.uuid4().hex,
-                "received_at": now,
-                "started_at": now,
-                "finished_at": now,
-                "runtime": 0.01,
-            }
-            for n in range(size)
-        ]
+        events = new_runs(size)
         with transaction.atomic():
             write_runs(events)
     return batches * size / (time.monotonic() - began)
+
+
+def buffers_per_batch(size: int = 2000) -> int:
+    """Shared buffers (pages) one batch's upsert touches, by ``EXPLAIN (ANALYZE, BUFFERS)``
+    in a transaction rolled back: a cost the machine's load does not move."""
+    import json
+
+    from django.db import connection, transaction
+
+    from djcelery_ops.runs.sql import write_runs
+
+    plans = []
+
+    def explain(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+        if not sql.startswith("INSERT INTO"):
+            return execute(sql, params, many, context)
+        result = execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql, params, many, context)
+        plan = context["cursor"].fetchone()[0]
+        plans.append(json.loads(plan) if isinstance(plan, str) else plan)
+        return result
+
+    with transaction.atomic():
+        with connection.execute_wrapper(explain):
+            write_runs(new_runs(size))
+        transaction.set_rollback(True)
+    top = plans[0][0]["Plan"]
+    return int(top["Shared Hit Blocks"] + top["Shared Read Blocks"])
 
 
 def seed_old_partitions(rows: int, days: int = 60) -> float:
@@ -242,7 +274,7 @@ def bench_recording(rows: int, batches: int, rounds: int) -> None:
     for p in partitions.partitions():
         if p.end < partitions.today() - __import__("datetime").timedelta(days=1):
             partitions.drop_partition(p)
-    figures = {}
+    figures, buffers = {}, {}
     for label, seed_rows in (("empty", 0), (f"{rows:,} runs", rows)):
         if seed_rows:
             print(f"seeding {seed_rows:,} runs into old partitions", flush=True)
@@ -257,13 +289,15 @@ def bench_recording(rows: int, batches: int, rounds: int) -> None:
             rates.append(recording_rate(batches))
             print(f"  {label}: {rates[-1]:,.0f} runs/s", flush=True)
         figures[label] = rates
+        buffers[label] = buffers_per_batch()
     print()
-    print(f"{'table':<16} {'median runs/s':>14} {'passes':>40}")
+    print(f"{'table':<16} {'median runs/s':>14} {'passes':>28} {'pages/batch':>12}")
     for label, rates in figures.items():
         passes = ", ".join(f"{r:,.0f}" for r in rates)
-        print(f"{label:<16} {statistics.median(rates):>14,.0f} {passes:>40}")
+        print(f"{label:<16} {statistics.median(rates):>14,.0f} {passes:>28} {buffers[label]:>12,}")
     empty, full = (statistics.median(r) for r in figures.values())
-    print(f"ratio {full / empty:.3f} (full / empty)")
+    pages_empty, pages_full = buffers.values()
+    print(f"ratio {full / empty:.3f} runs/s, {pages_full / pages_empty:.3f} pages (full / empty)")
 
 
 def main() -> None:
