@@ -59,6 +59,9 @@ class OpsSettings:
     RUNS_FLUSH_INTERVAL: float = 1.0
     RUNS_BATCH_SIZE: int = 2000
     RUNS_TENANT_HEADER: str = "tenant"
+    # Daily partitions (``partition_task_runs``): how many days back a write looks for the
+    # row its task id already has. Longer than any ETA/countdown wait plus run time.
+    RUNS_PARTITION_LOOKBACK_DAYS: int = 7
 
     # Periodic jobs.
     # Schedules as code: a list of dicts (or ``Schedule`` objects), or the dotted path of a

@@ -217,7 +217,9 @@ def test_purge__dry_run_then_batches_and_bad_status():
     assert run("purge_dead_letters", "--older-than=30d", "--dry-run") == (
         "Would purge 3 dead letters (discarded, resolved) unchanged for 30d.\n"
     )
-    assert run("purge_dead_letters", "--older-than=30d", "--batch-size=1") == (
+    assert run("purge_dead_letters", "--older-than=30d", "--batch-size=2") == (
+        "Purged 2/3 dead letters so far.\n"
+        "Purged 3/3 dead letters so far.\n"
         "Purged 3 dead letters (discarded, resolved) unchanged for 30d.\n"
     )
     assert sorted(DeadLetter.objects.values_list("status", flat=True)) == ["pending", "pending"]

@@ -63,14 +63,19 @@ def discard(
 PURGEABLE = (Status.RESOLVED, Status.DISCARDED, Status.REPLAYED)
 
 
+def purgeable(*, before: Any, statuses: Sequence[str]) -> QuerySet[DeadLetter]:
+    """Dead letters in ``statuses`` (all purgeable) last changed before ``before``."""
+    bad = sorted(set(statuses) - set(PURGEABLE))
+    if bad or not statuses:
+        raise ValueError(f"cannot purge status {', '.join(bad) or '(none)'}")
+    return DeadLetter.objects.filter(status__in=statuses, updated_at__lt=before)
+
+
 def purge(
     *, before: Any, statuses: Sequence[str], batch_size: int | None = None, dry_run: bool = False
 ) -> int:
     """Delete dead letters in ``statuses`` last changed before ``before``, in batches."""
-    bad = sorted(set(statuses) - set(PURGEABLE))
-    if bad or not statuses:
-        raise ValueError(f"cannot purge status {', '.join(bad) or '(none)'}")
-    rows = DeadLetter.objects.filter(status__in=statuses, updated_at__lt=before)
+    rows = purgeable(before=before, statuses=statuses)
     if dry_run:
         return rows.count()
     size = batch_size or ops_settings.DEAD_LETTER_PURGE_BATCH_SIZE

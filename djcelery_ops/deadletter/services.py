@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from djcelery_ops.deadletter.discard import PURGEABLE, discard, purge
+from djcelery_ops.deadletter.discard import PURGEABLE, discard, purge, purgeable
 from djcelery_ops.deadletter.groups import GROUP_COUNT_CAP, pending_groups
 from djcelery_ops.deadletter.outbox import (
     ReplayError,
@@ -41,6 +41,7 @@ __all__ = [
     "plan",
     "publish_options",
     "purge",
+    "purgeable",
     "recover_replays",
     "replay",
     "republish_original",

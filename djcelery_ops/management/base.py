@@ -12,20 +12,22 @@ the command line.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import re
 import sys
 from argparse import ArgumentParser
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import InterfaceError, OperationalError
 from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from djcelery_ops.db import delete_in_batches
+from djcelery_ops.db import BatchedDelete, delete_in_batches
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 1
@@ -122,7 +124,10 @@ def plural(count: int, thing: str) -> str:
 
 
 def past_tense(verb: str) -> str:
-    """Every verb the commands use is regular: purge -> purged, replay -> replayed."""
+    """Every verb the commands use is regular: purge -> purged, replay -> replayed,
+    copy -> copied."""
+    if verb.endswith("y") and verb[-2:-1] not in ("a", "e", "o", "u"):
+        return verb[:-1] + "ied"
     return verb + ("d" if verb.endswith("e") else "ed")
 
 
@@ -150,7 +155,10 @@ class OpsCommand(BaseCommand):
             self.stderr.write(f"CommandError: {message} ({usage})")
             sys.exit(error.returncode)
 
+    verbosity = 1
+
     def execute(self, *args: Any, **options: Any) -> str | None:
+        self.verbosity = int(options.get("verbosity", 1))
         try:
             return super().execute(*args, **options)
         except KeyboardInterrupt:
@@ -218,9 +226,47 @@ class OpsCommand(BaseCommand):
     def nothing_to_do(self, verb: str, why: str) -> None:
         self.stdout.write(f"Nothing to {verb}: {why}.")
 
-    def progress(self, verb: str, done: int, total: int, thing: str) -> None:
+    def progress(
+        self, verb: str, done: int, total: int, thing: str, stats: BatchedDelete | None = None
+    ) -> None:
         things = plural(total, thing).split(" ", 1)[1]
-        self.stdout.write(f"{past_tense(verb).capitalize()} {done}/{total} {things} so far.")
+        line = f"{past_tense(verb).capitalize()} {done}/{total} {things} so far"
+        if stats is not None and self.verbosity >= 2:
+            line += f" ({stats.rate:,.0f} rows/s, longest batch {stats.longest:.3f} s)"
+        self.stdout.write(line + ".")
+
+    def timing(self, stats: BatchedDelete) -> None:
+        """``-v 2``: the rate and the longest batch transaction (the longest lock held)."""
+        if self.verbosity >= 2:
+            self.stdout.write(
+                f"Took {stats.elapsed:.1f} s: {stats.rate:,.0f} rows/s, "
+                f"{stats.batches} batch{'' if stats.batches == 1 else 'es'}, "
+                f"longest batch {stats.longest:.3f} s."
+            )
+
+    @contextlib.contextmanager
+    def stopping_cleanly(
+        self, stats: BatchedDelete, thing: str, detail: str, verb: str = "purge"
+    ) -> Iterator[None]:
+        """Ctrl-C (exit 4) or a lost database (exit 5) mid-purge: say what is done."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            done = f"{plural(stats.deleted, thing)} {detail} {past_tense(verb)}"
+            raise CommandError(
+                f"Interrupted: {done}; each batch reported above is committed. "
+                f"Run the command again to {verb} the rest.",
+                returncode=EXIT_INTERRUPTED,
+            ) from None
+        except (OperationalError, InterfaceError) as error:
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            done = f"{plural(stats.deleted, thing)} {detail} {past_tense(verb)}"
+            raise CommandError(
+                f"Stopped: the database is unreachable ({first}). {done}; a batch whose "
+                "commit did not reach the database was rolled back. When the database is "
+                f"back, run the command again to {verb} the rest.",
+                returncode=EXIT_DATABASE_UNREACHABLE,
+            ) from None
 
     def purge_rows(
         self, rows: QuerySet[Any], thing: str, detail: str, *, batch_size: int, dry_run: bool
@@ -230,7 +276,9 @@ class OpsCommand(BaseCommand):
         if dry_run or not total:
             self.report("purge", total, thing, detail, dry_run=dry_run)
             return
-        deleted = 0
-        for deleted in delete_in_batches(rows, batch_size):
-            self.progress("purge", deleted, total, thing)
-        self.report("purge", deleted, thing, detail, dry_run=False)
+        stats = BatchedDelete()
+        with self.stopping_cleanly(stats, thing, detail):
+            for deleted in delete_in_batches(rows, batch_size, stats):
+                self.progress("purge", deleted, total, thing, stats)
+        self.report("purge", stats.deleted, thing, detail, dry_run=False)
+        self.timing(stats)

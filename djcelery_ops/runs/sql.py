@@ -10,7 +10,7 @@ statement, and its cost per row is what the job-run benchmark measures.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from django.db import connections
@@ -26,6 +26,11 @@ from djcelery_ops.runs.merge import (
     TEXT_COLUMNS,
     empty,
 )
+
+
+def merge_assignments(table: str, using: str = "default") -> str:
+    """The ``DO UPDATE SET`` list of the upsert: ``runs.merge``'s rules in SQL."""
+    return _upsert_assignments(table, connections[using].ops.quote_name)
 
 
 def _upsert_assignments(table: str, quote: Any) -> str:
@@ -110,6 +115,37 @@ def _head(connection: Any) -> tuple[str, str]:
     return head, tail
 
 
+def _partitioned_sql(connection: Any, rows_sql: str) -> str:
+    """The upsert into daily partitions (``runs.partitions``): each row goes to the day
+    its task id already has in the last lookback days, or to today; the conflict is on
+    ``(task_id, recorded_on)``, so the ``DO UPDATE`` is the same merge."""
+    from djcelery_ops.conf import ops_settings
+    from djcelery_ops.runs.models import TaskRun
+    from djcelery_ops.runs.partitions import KEY, TODAY
+
+    quote, table = connection.ops.quote_name, TaskRun._meta.db_table
+    t, key = quote(table), quote(KEY)
+    back = int(ops_settings.RUNS_PARTITION_LOOKBACK_DAYS)
+    names = ", ".join(quote(c) for c in COLUMNS)
+    # A first attempt's event that carries its receipt time (a task that ran at once: the
+    # common case) can only have a row from that day on, less a day for clock skew and a
+    # redelivery: it probes two partitions, not all the lookback's (run-time pruning).
+    received, retries = f"u.{quote('received_at')}", f"u.{quote('retries')}"
+    since = (
+        f"CASE WHEN {retries} = 0 AND {received} IS NOT NULL THEN GREATEST({TODAY} - {back}, "
+        f"({received} AT TIME ZONE 'UTC')::date - 1) ELSE {TODAY} - {back} END"
+    )
+    day = (
+        f"COALESCE((SELECT r.{key} FROM {t} r WHERE r.{quote('task_id')} = u.{quote('task_id')} "
+        f"AND r.{key} BETWEEN {since} AND {TODAY} LIMIT 1), {TODAY})"
+    )
+    return (
+        f"INSERT INTO {t} ({names}, {key}) SELECT u.*, {day} FROM {rows_sql} AS u({names}) "
+        f"ON CONFLICT ({quote('task_id')}, {key}) DO UPDATE SET "
+        f"{_upsert_assignments(table, quote)}"
+    )
+
+
 def _write_with_unnest(cursor: Any, connection: Any, rows: list[Mapping[str, Any]]) -> None:
     """PostgreSQL: one array per column, so the statement text never changes and the
     values travel as 20 arrays instead of 20 parameters per row.
@@ -130,8 +166,19 @@ def _write_with_unnest(cursor: Any, connection: Any, rows: list[Mapping[str, Any
     # %b: psycopg 3 sends the arrays in binary, nothing is quoted or parsed as text.
     placeholder = "%b" if is_psycopg3 else "%s"
     casts = ", ".join(f"{placeholder}::{_array_type(field, connection)}[]" for field in fields)
+    from djcelery_ops.runs.partitions import is_partitioned
+
+    if is_partitioned(connection):
+        sql = _partitioned_sql(connection, f"unnest({casts})")
+        _into_todays_partition(lambda: _execute(cursor, connection, sql, arrays), connection)
+        return
     head, tail = _head(connection)
-    sql = f"{head}SELECT * FROM unnest({casts}){tail}"
+    _execute(cursor, connection, f"{head}SELECT * FROM unnest({casts}){tail}", arrays)
+
+
+def _execute(cursor: Any, connection: Any, sql: str, arrays: list[Any]) -> None:
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
     if not is_psycopg3:
         cursor.execute(sql, arrays)
         return
@@ -142,6 +189,24 @@ def _write_with_unnest(cursor: Any, connection: Any, rows: list[Mapping[str, Any
     wrapper = CursorDebugWrapper if connection.queries_logged else CursorWrapper
     with wrapper(psycopg.Cursor(connection.connection), connection) as server_bound:
         server_bound.execute(sql, arrays)
+
+
+def _into_todays_partition(write: Callable[[], None], connection: Any) -> None:
+    """Write; if today has no partition yet (``partition_task_runs`` not run), create it
+    and write again, rather than lose the batch."""
+    from django.db import IntegrityError, transaction
+
+    from djcelery_ops.runs import partitions
+
+    try:
+        with transaction.atomic(using=connection.alias):
+            write()
+    except IntegrityError as error:
+        if "no partition of relation" not in str(error):
+            raise
+        day = partitions.today()
+        partitions.create_partitions(day, day)
+        write()
 
 
 PG_ARRAY_TYPES = {

@@ -1,6 +1,7 @@
 """``manage.py purge_dead_letters``: delete old closed dead letters in batches.
 
-Exit codes (README, "Exit codes"): 0 done or nothing to do, 1 bad input, 4 interrupted.
+Exit codes (README, "Exit codes"): 0 done or nothing to do, 1 bad input, 4 interrupted,
+5 database lost mid-run.
 Pending rows are never purged.
 """
 
@@ -11,7 +12,8 @@ from typing import Any
 
 from django.core.management.base import CommandError
 
-from djcelery_ops.deadletter.services import PURGEABLE, purge
+from djcelery_ops.conf import ops_settings
+from djcelery_ops.deadletter.services import PURGEABLE, purgeable
 from djcelery_ops.management.base import OpsCommand
 
 DEFAULT_STATUSES = "resolved,discarded"
@@ -46,7 +48,7 @@ class Command(OpsCommand):
     ) -> None:
         cutoff = self.older_than(older_than)
         statuses = parse_statuses(status)
-        size = self.batch_size(batch_size)
-        count = purge(before=cutoff, statuses=statuses, batch_size=size, dry_run=dry_run)
+        size = self.batch_size(batch_size) or ops_settings.DEAD_LETTER_PURGE_BATCH_SIZE
+        rows = purgeable(before=cutoff, statuses=statuses)
         detail = f"({', '.join(statuses)}) unchanged for {older_than}"
-        self.report("purge", count, "dead letter", detail, dry_run=dry_run)
+        self.purge_rows(rows, "dead letter", detail, batch_size=size, dry_run=dry_run)

@@ -1,6 +1,7 @@
 """``manage.py purge_idempotency_keys --older-than 30d [--dry-run] [--batch-size N]``.
 
-Exit codes (README, "Exit codes"): 0 done or nothing to do, 1 bad input, 4 interrupted.
+Exit codes (README, "Exit codes"): 0 done or nothing to do, 1 bad input, 4 interrupted,
+5 database lost mid-run.
 """
 
 from __future__ import annotations
