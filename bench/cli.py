@@ -8,8 +8,10 @@ import json
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -81,6 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     options = parse_args(argv)
+    # A stopped run stops its worker subprocesses too (their ``finally`` blocks run).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if options.readme_from is not None:
         write_readme(json.loads(options.readme_from.read_text()))
         return
@@ -95,21 +99,18 @@ def main(argv: list[str] | None = None) -> None:
           f"{'smoke sizes' if options.smoke else 'full sizes'}", flush=True)  # fmt: skip
     modules = {name: _module(name) for name in options.only}
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in options.only}
+    path = options.json or REPO / "var" / "bench" / (
+        report["started_at"][:19].replace(":", "") + ".json"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
     for index in range(options.rounds):
         for name, module in modules.items():
             print(f"  round {index + 1}/{options.rounds}: {name} ...", end=" ", flush=True)
-            started = datetime.datetime.now(datetime.UTC)
+            started = time.monotonic()
             rounds[name].append(module.run_round(ctx, index))
-            took = (datetime.datetime.now(datetime.UTC) - started).total_seconds()
-            print(f"{took:.0f} s", flush=True)
-    report["rounds_data"] = rounds
-    report["rows"] = [row for name, module in modules.items() for row in module.rows(rounds[name])]
-    finish_report(report)
-    path = options.json or REPO / "var" / "bench" / f"{report['started_at'][:19]}.json".replace(
-        ":", ""
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+            print(f"{time.monotonic() - started:.0f} s", flush=True)
+        # Written after every round: a long run stopped halfway keeps what it measured.
+        save(path, report, modules, rounds, rounds_done=index + 1)
     from bench.report import text_table
 
     print()
@@ -119,6 +120,20 @@ def main(argv: list[str] | None = None) -> None:
     print(f"report: {path}")
     if options.write_readme:
         write_readme(report)
+
+
+def save(
+    path: Path, report: dict[str, Any], modules: dict[str, Any],
+    rounds: dict[str, list[dict[str, Any]]], rounds_done: int,
+) -> None:  # fmt: skip
+    from bench.report import markdown_section
+
+    report["rounds_done"] = rounds_done
+    report["rounds_data"] = rounds
+    report["rows"] = [row for name, module in modules.items() for row in module.rows(rounds[name])]
+    finish_report(report)
+    report["readme_section"] = markdown_section(report)  # rendered in every run: cannot rot
+    path.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def _module(name: str) -> Any:

@@ -98,7 +98,7 @@ def markdown_section(report: dict[str, Any]) -> str:
     lines = [
         START,
         f"Generated from `{report['command']}` at commit `{report['commit'][:12]}` "
-        f"on {report['started_at'][:10]}: {report['rounds']} rounds, "
+        f"on {report['started_at'][:10]}: {_rounds(report)}, "
         f"{report['options']['database_vendor']} + {report['options']['broker_scheme']}.",
         "",
         f"Machine: {machine['cpu_model']}, {machine['cpus']} CPUs, "
@@ -112,6 +112,11 @@ def markdown_section(report: dict[str, Any]) -> str:
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(report["rows"])]
     lines.append(END)
     return "\n".join(lines)
+
+
+def _rounds(report: dict[str, Any]) -> str:
+    done, planned = report.get("rounds_done", report["rounds"]), report["rounds"]
+    return f"{done} rounds" if done == planned else f"{done} of {planned} rounds (stopped)"
 
 
 def replace_section(readme: str, section: str) -> str:

@@ -104,3 +104,22 @@ def _announce_ready(**kwargs: object) -> None:
         path = Path(ready)
         path.with_suffix(".tmp").write_text(str(time.monotonic()))
         path.with_suffix(".tmp").replace(path)  # the bench never reads a half-written file
+
+
+if os.environ.get("BENCH_PROFILE"):
+    # bench.profile_task: profile a solo-pool worker from ready to shutdown (start-up excluded).
+    import cProfile
+
+    from celery.signals import worker_shutdown
+
+    # CPU time, not wall time: on a busy machine wall time is mostly waiting for a core.
+    _profiler = cProfile.Profile(time.process_time)
+
+    @worker_ready.connect(dispatch_uid="bench.profile_start")
+    def _profile_start(**kwargs: object) -> None:
+        _profiler.enable()
+
+    @worker_shutdown.connect(dispatch_uid="bench.profile_stop")
+    def _profile_stop(**kwargs: object) -> None:
+        _profiler.disable()
+        _profiler.dump_stats(os.environ["BENCH_PROFILE"])

@@ -10,6 +10,7 @@ pool children over the same stretch, read from ``/proc`` (Linux; None elsewhere)
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -112,10 +113,12 @@ def run_mode(app: Any, mode: Mode, count: int, concurrency: int, timeout: float)
             start_new_session=True,
         )  # fmt: skip
         try:
-            return _time_worker(worker, counter, ready, count, timeout, log_path) | {"token": token}
+            result = _time_worker(worker, counter, ready, count, timeout, log_path)
         finally:
             _stop(worker)
             purge_and_delete(app, [queue])
+    shutil.rmtree(tmp)  # kept when the worker failed: its log says why
+    return result | {"token": token}
 
 
 def _time_worker(
