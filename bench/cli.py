@@ -43,6 +43,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=",".join(MEASURES),
         help=f"comma-separated measures among {', '.join(MEASURES)}",
     )
+    parser.add_argument(
+        "--tasks",
+        type=int,
+        default=None,
+        help="tasks per side of the worker measures (3000; smoke: 30)",
+    )
+    parser.add_argument(
+        "--replay-count",
+        type=int,
+        default=None,
+        help="dead letters replayed per round (100000; smoke: 200)",
+    )
     parser.add_argument("--concurrency", type=int, default=2, help="worker processes (2)")
     parser.add_argument(
         "--json",
@@ -93,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     context.check_database_name(options.database)
     context.configure(options.broker, options.database)
     ctx = context.setup(options.database, options.concurrency, options.smoke)
+    ctx.tasks = options.tasks or ctx.tasks
+    ctx.replay_count = options.replay_count or ctx.replay_count
     report = start_report(options, ctx)
     print(f"bench: {options.rounds} round(s) of {', '.join(options.only)}; "
           f"{report['options']['database_vendor']} + {report['options']['broker_scheme']}, "
