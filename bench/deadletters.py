@@ -4,6 +4,9 @@ Celery tasks that fail (logged by Celery, nothing kept).
 Both raise the same exception from a no-op body; OpsTask neither retries it nor treats it
 as permanent, so each failure is dead-lettered with reason ``exception`` (and its run
 recorded as dead-lettered). The bench checks that every failure became a dead letter.
+The plain side's worker runs with ``DJCELERY_OPS_DEAD_LETTER_CAPTURE_ALL_TASKS = False``
+(by default djcelery_ops dead-letters plain tasks' failures too), and the bench checks that
+it kept none.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from bench.workers import Mode, ordered, run_mode, wait_for
 
 NAME = "deadletters"
 MODES = {
-    "plain": Mode("bench.plain_fail"),
+    "plain": Mode("bench.plain_fail", env={"BENCH_CAPTURE_ALL_TASKS": "0"}),
     "ops": Mode("bench.ops_fail"),
 }
 
@@ -36,6 +39,8 @@ def run_round(context: Context, round_index: int) -> dict[str, Any]:
                 letters.count, context.tasks, context.timeout
             )
             letters.delete()
+        elif DeadLetter.objects.filter(task_name="bench.plain_fail").exists():
+            raise RuntimeError("the plain side dead-lettered its failures: it is not plain")
         TaskRun.objects.filter(task_name__startswith="bench.").delete()
         results[name] = result
     return results
