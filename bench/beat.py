@@ -13,6 +13,7 @@ CPU is this process's CPU time (the database's own work is not in it).
 from __future__ import annotations
 
 import gc
+import os
 import statistics
 import time
 from datetime import UTC, datetime, timedelta
@@ -103,11 +104,16 @@ def run_round(context: Context, round_index: int) -> dict[str, Any]:
     classes = {"stock": DatabaseScheduler, "locked": LockedDatabaseScheduler}
     delete_tasks()
     create_tasks(context.beat_tasks)
+    # Celery's broker_url prefers $CELERY_BROKER_URL over the configuration: without it the
+    # schedulers publish to kombu's in-memory transport, as the beat app is configured.
+    broker = os.environ.pop("CELERY_BROKER_URL", None)
     try:
         return {
             name: measure(classes[name], context) for name in ordered(list(classes), round_index)
         }
     finally:
+        if broker is not None:
+            os.environ["CELERY_BROKER_URL"] = broker
         delete_tasks()
 
 

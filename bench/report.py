@@ -48,10 +48,12 @@ def ms_row(
         "measure": measure, "label": label, "unit": "ms", **_spread(values), "values": values,
         "goal": list(goal),
         "baseline_ms": statistics.median(r["stock"][key] for r in rounds),
-        "cpu_ratio": statistics.median(r["stock"][cpu_key] / r["locked"][cpu_key]
-                                       for r in rounds if r["locked"][cpu_key]) if any(
-            r["locked"][cpu_key] for r in rounds) else None,
     }  # fmt: skip
+    # CPU per tick (this process), stock / locked; a tick too short for the clock has none.
+    cpu_ratios = [
+        r["stock"][cpu_key] / r["locked"][cpu_key] for r in rounds if r["locked"][cpu_key]
+    ]
+    row["cpu_ratio"] = statistics.median(cpu_ratios) if cpu_ratios else None
     row["met"] = _met(goal, row["median"])
     return row
 
