@@ -99,9 +99,11 @@ def markdown_section(report: dict[str, Any]) -> str:
     machine, versions = report["machine"], report["versions"]
     lines = [
         START,
-        f"Generated from `{report['command']}` at commit `{report['commit'][:12]}` "
+        f"Generated from `{report['command']}` at commit `{report['commit'][:12]}`"
+        f"{' (with uncommitted changes)' if report.get('dirty') else ''} "
         f"on {report['started_at'][:10]}: {_rounds(report)}, "
-        f"{report['options']['database_vendor']} + {report['options']['broker_scheme']}.",
+        f"{report['options']['database_vendor']} + {report['options']['broker_scheme']}; "
+        f"{_sizes(report['options'])}.",
         "",
         f"Machine: {machine['cpu_model']}, {machine['cpus']} CPUs, "
         f"{machine['memory_gb']} GB; load average {machine['load_before'][0]:.2f} before, "
@@ -118,7 +120,17 @@ def markdown_section(report: dict[str, Any]) -> str:
 
 def _rounds(report: dict[str, Any]) -> str:
     done, planned = report.get("rounds_done", report["rounds"]), report["rounds"]
-    return f"{done} rounds" if done == planned else f"{done} of {planned} rounds (stopped)"
+    rounds = f"{done} round{'s' if done != 1 else ''}"
+    return rounds if done == planned else f"{rounds} of {planned} (stopped)"
+
+
+def _sizes(options: dict[str, Any]) -> str:
+    return (
+        f"{options['tasks']:,} tasks per side, prefork -c {options['concurrency']}; "
+        f"{options['replay_count']:,} dead letters replayed; {options['beat_tasks']:,} "
+        f"periodic tasks, {options['beat_due']} due"
+        + (" (smoke sizes: the figures mean nothing)" if options.get("smoke") else "")
+    )
 
 
 def replace_section(readme: str, section: str) -> str:
