@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> None:
             started = time.monotonic()
             rounds[name].append(module.run_round(ctx, index))
             print(f"{time.monotonic() - started:.0f} s", flush=True)
-        # Written after every round: a long run stopped halfway keeps what it measured.
-        save(path, report, modules, rounds, rounds_done=index + 1)
+            # Written after every measure: a long run stopped halfway keeps what it measured.
+            save(path, report, modules, rounds, rounds_done=index + 1)
     from bench.report import text_table
 
     print()
@@ -144,7 +144,9 @@ def save(
 
     report["rounds_done"] = rounds_done
     report["rounds_data"] = rounds
-    report["rows"] = [row for name, module in modules.items() for row in module.rows(rounds[name])]
+    report["rows"] = [
+        row for name, module in modules.items() if rounds[name] for row in module.rows(rounds[name])
+    ]
     finish_report(report)
     report["readme_section"] = markdown_section(report)  # rendered in every run: cannot rot
     path.write_text(json.dumps(report, indent=2) + "\n")
