@@ -71,6 +71,7 @@ def purge_and_delete(app: Any, queues: Iterable[str]) -> None:
             try:
                 channel.queue_purge(queue)
                 channel.queue_delete(queue)
+                channel.exchange_delete(queue)  # send_task(queue=...) declared one of that name
             except conn.channel_errors:
                 pass  # never declared: nothing to remove
             finally:
