@@ -21,6 +21,12 @@ logger = logging.getLogger("djcelery_ops.task")
 _RECORD_FIELDS = ("task_id", "task_name", "reason", "queue", "retries", "exception_class")
 
 
+def log_enabled(level: int) -> bool:
+    """Whether ``log_event`` at ``level`` would log: a caller on the per-task path skips
+    building the fields of an event nobody receives (``task.started`` is DEBUG)."""
+    return logger.isEnabledFor(level)
+
+
 def log_event(event: str, source: Any = None, *, level: int = logging.INFO, **fields: Any) -> None:
     """Log ``event`` with the fields of ``source`` (a FailureRecord) and ``fields``."""
     if not logger.isEnabledFor(level):

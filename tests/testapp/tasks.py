@@ -291,16 +291,6 @@ def idem_unique(report: str) -> str:
     return report
 
 
-@ops_task(acks_late=True, idempotency_key="bench:{n}")
-def bench_idempotent_noop(n: int) -> None:
-    return None
-
-
-@shared_task(acks_late=True)
-def bench_plain_noop(n: int) -> None:
-    return None
-
-
 # --- Replay chaos: one Effect row per execution, no idempotency key of its own -------------
 
 
