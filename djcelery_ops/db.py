@@ -1,4 +1,4 @@
-"""Database helpers of the shared core: the database clock, one upsert, batched deletes.
+"""Database helpers of the shared core: the database clock, one upsert, batched writes.
 
 Every "insert or take over" in the app is the same statement, built by ``upsert``:
 
@@ -21,7 +21,7 @@ import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from django.db import connection, models, transaction
+from django.db import connection, connections, models, transaction
 from django.db.models import QuerySet
 
 
@@ -144,3 +144,70 @@ def delete_in_batches(rows: QuerySet[Any], batch_size: int) -> Iterator[int]:
         with transaction.atomic():
             deleted += rows.filter(pk__in=ids).delete()[1].get(model_label, 0)
         yield deleted
+
+
+def update_from_values(
+    model: type[models.Model],
+    *,
+    key: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    where: Sql | None = None,
+) -> int:
+    """Many rows, each with values of its own, in one statement; returns the rows changed.
+
+        UPDATE t SET c = v.c, ... FROM (VALUES (key, c, ...), ...) AS v
+        WHERE t.key = v.key [AND where]
+
+    ``rows`` are ``(key, *columns)`` tuples of Python values (adapted by the model's
+    fields). In ``where``, ``{table}`` is the updated table and ``{new:<column>}`` the
+    row's new value. PostgreSQL, and SQLite >= 3.33 (``UPDATE ... FROM``).
+    """
+    if not rows:
+        return 0
+    quote = connection.ops.quote_name
+    table = quote(model._meta.db_table)
+    names = [key, *columns]
+    fields = [model._meta.get_field(name) for name in names]
+    casts = [
+        f"CAST(%s AS {field.db_type(connection)})" if connection.vendor == "postgresql" else "%s"
+        for field in fields
+        if isinstance(field, models.Field)
+    ]
+    assert len(casts) == len(names), "every column must be a concrete field"
+    row_sql = f"({', '.join(casts)})"
+    params: list[Any] = []
+    for row in rows:
+        for field, value in zip(fields, row, strict=True):
+            assert isinstance(field, models.Field)
+            params.append(field.get_db_prep_save(value, connection))
+    # A VALUES list names its columns column1, column2, ... on PostgreSQL and SQLite alike.
+    new = {name: f"v.column{position}" for position, name in enumerate(names, 1)}
+    assignments = ", ".join(f"{quote(name)} = {new[name]}" for name in columns)
+    sql = (
+        f"UPDATE {table} SET {assignments} FROM (VALUES {', '.join([row_sql] * len(rows))}) AS v"
+        f" WHERE {table}.{quote(key)} = {new[key]}"
+    )
+    if where is not None:
+        text, where_params = _render(where, table)
+        for name, value_column in new.items():
+            text = text.replace("{new:" + name + "}", value_column)
+        sql += f" AND ({text})"
+        params.extend(where_params)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return int(cursor.rowcount)
+
+
+def close_broken_connections() -> None:
+    """``close_old_connections`` for a long-running loop such as beat's, not a request.
+
+    Django's default ``CONN_MAX_AGE = 0`` means one connection per request; applied to
+    every beat tick it opened a new database connection each time (most of an idle
+    tick's cost). A connection with ``CONN_MAX_AGE = 0`` is kept here while it works and
+    replaced once an error left it unusable; a positive ``CONN_MAX_AGE`` is honoured.
+    """
+    for conn in connections.all(initialized_only=True):
+        if conn.settings_dict.get("CONN_MAX_AGE") == 0:
+            conn.close_at = None
+        conn.close_if_unusable_or_obsolete()
