@@ -19,11 +19,12 @@ task id, in lease mode), so publishing again is safe where not publishing would 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import importlib
 import logging
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from celery import current_app
 from django.core.exceptions import ImproperlyConfigured
@@ -33,6 +34,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from djcelery_ops.conf import ops_settings
+from djcelery_ops.db import in_values
 from djcelery_ops.deadletter.call import accepted_content_types, decode_call, serializer_name
 from djcelery_ops.deadletter.models import DeadLetter, Replay
 from djcelery_ops.wire import REPLAY_HEADER
@@ -41,6 +43,44 @@ if TYPE_CHECKING:
     from celery import Celery
 
 logger = logging.getLogger("djcelery_ops.deadletter")
+
+
+@dataclasses.dataclass(slots=True)
+class Letter:
+    """What publishing a replay reads of its dead letter: the same names as ``DeadLetter``'s
+    fields, without a model instance (read by the claim itself, ``replay._outbox``)."""
+
+    pk: int
+    task_name: str
+    args: Any
+    kwargs: Any
+    options: Any
+    queue: str
+    call_content_type: str
+    call_content_encoding: str
+    call_body: str
+    call_body_base64: bool
+
+
+# The columns a ``Letter`` is read from, in its fields' order.
+LETTER_COLUMNS = ("id", *(field.name for field in dataclasses.fields(Letter)[1:]))
+
+
+@dataclasses.dataclass(slots=True)
+class OutboxEntry:
+    """A replay to publish: the same names as a ``Replay`` row's, without a model instance."""
+
+    new_task_id: str
+    edits: dict[str, Any]
+    dead_letter: Letter
+
+    @property
+    def dead_letter_id(self) -> int:
+        return self.dead_letter.pk
+
+
+AnyLetter: TypeAlias = "DeadLetter | Letter"
+AnyReplay: TypeAlias = "Replay | OutboxEntry"
 
 
 class ReplayError(Exception):
@@ -82,7 +122,7 @@ def celery_app_problem(app: Celery) -> str | None:
     return None
 
 
-def publish_options(letter: DeadLetter, queue: str | None = None) -> dict[str, Any]:
+def publish_options(letter: AnyLetter, queue: str | None = None) -> dict[str, Any]:
     """Routing and headers of the original message, for a new task id and no ETA/expiry."""
     stored = letter.options or {}
     headers = dict(stored.get("headers") or {})
@@ -102,7 +142,7 @@ def publish_options(letter: DeadLetter, queue: str | None = None) -> dict[str, A
     return options
 
 
-def workflow_options(letter: DeadLetter) -> dict[str, Any]:
+def workflow_options(letter: AnyLetter) -> dict[str, Any]:
     """The rest of the workflow the original message carried, for ``send_task``: the
     remaining ``chain`` (reversed, as Celery carries it), ``link`` and ``link_error``
     signatures, and the ``group_index``. A workflow over the size cap was not kept (a
@@ -121,13 +161,13 @@ def workflow_options(letter: DeadLetter) -> dict[str, Any]:
     return options
 
 
-def _edited(replay: Replay, field: str, stored: Any) -> Any:
+def _edited(replay: AnyReplay, field: str, stored: Any) -> Any:
     """The value the operator gave for ``field`` (edit and replay), else the stored one."""
     edit = (replay.edits or {}).get(field)
     return edit["new"] if isinstance(edit, dict) and "new" in edit else stored
 
 
-def _edited_call(app: Celery, replay: Replay) -> tuple[Any, Any, dict[str, Any]]:
+def _edited_call(app: Celery, replay: AnyReplay) -> tuple[Any, Any, dict[str, Any]]:
     """Args, kwargs and serializer to publish: the kept call unless the operator edited it.
 
     The kept call is decoded (with the app's ``accept_content``) and published with the
@@ -150,7 +190,7 @@ def _edited_call(app: Celery, replay: Replay) -> tuple[Any, Any, dict[str, Any]]
     return _edited(replay, "args", args), _edited(replay, "kwargs", kwargs), serializer
 
 
-def _send_original(app: Celery, replay: Replay, producer: Any) -> None:
+def _send_original(app: Celery, replay: AnyReplay, producer: Any) -> None:
     """The never-decoded body, unchanged, with its headers, under the replay's task id."""
     letter = replay.dead_letter
     stored = letter.options or {}
@@ -173,7 +213,7 @@ def _send_original(app: Celery, replay: Replay, producer: Any) -> None:
     )
 
 
-def _send(app: Celery, replay: Replay, producer: Any) -> None:
+def _send(app: Celery, replay: AnyReplay, producer: Any) -> None:
     letter = replay.dead_letter
     if (replay.edits or {}).get("raw_body"):
         _send_original(app, replay, producer)
@@ -191,7 +231,7 @@ def _send(app: Celery, replay: Replay, producer: Any) -> None:
     )
 
 
-def publish_replays(replays: Iterable[Replay], app: Celery | None = None) -> int:
+def publish_replays(replays: Iterable[AnyReplay], app: Celery | None = None) -> int:
     """Send each replay's message with its task id, then mark the sent ones published.
 
     Returns how many the broker confirmed; raises ``ReplayError`` when the broker fails
@@ -228,7 +268,8 @@ def _mark_published(task_ids: list[str]) -> None:
     if not task_ids:
         return
     try:
-        Replay.objects.filter(new_task_id__in=task_ids).update(published_at=timezone.now())
+        sent = Replay.objects.filter(new_task_id__in=in_values(task_ids, "text"))
+        sent.update(published_at=timezone.now())
     except (DatabaseError, InterfaceError) as error:
         logger.warning("%d replays published but not marked (%s)", len(task_ids), error)
 

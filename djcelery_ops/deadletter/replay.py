@@ -20,6 +20,7 @@ How a replay stays safe:
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Iterable
@@ -29,18 +30,27 @@ from typing import TYPE_CHECKING, Any
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.db.models import QuerySet
+from django.utils import timezone
 
 from djcelery_ops.conf import ops_settings
+from djcelery_ops.db import in_values, insert_rows
 from djcelery_ops.deadletter.call import BLOCKED_NEVER_DECODED, accepted_content_types
 from djcelery_ops.deadletter.models import DeadLetter, Replay
-from djcelery_ops.deadletter.outbox import ReplayError, celery_app, publish_replays
+from djcelery_ops.deadletter.outbox import (
+    LETTER_COLUMNS,
+    Letter,
+    OutboxEntry,
+    ReplayError,
+    celery_app,
+    publish_replays,
+)
 from djcelery_ops.deadletter.selection import (
     SKIP_NOT_RAW,
     chunks,
     selected_ids,
     skip_not_accepted,
 )
-from djcelery_ops.deadletter.transitions import Outcome, actor_of, claim, count_skipped
+from djcelery_ops.deadletter.transitions import Outcome, actor_of, claim_rows, count_skipped
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -52,7 +62,7 @@ logger = logging.getLogger("djcelery_ops.deadletter")
 Status = DeadLetter.Status
 
 
-def _edits(letter: DeadLetter, args: Any, kwargs: Any, queue: str | None) -> dict[str, Any]:
+def _edits(letter: Letter, args: Any, kwargs: Any, queue: str | None) -> dict[str, Any]:
     edits: dict[str, Any] = {}
     for field, new in (("args", args), ("kwargs", kwargs), ("queue", queue)):
         old = getattr(letter, field)
@@ -101,8 +111,8 @@ def replay(
     for chunk in chunks(selected_ids(dead_letters), size):
         with transaction.atomic():
             ready = chunk if editable else _decodable(chunk, accepted, outcome)
-            claimed = claim(ready, Status.REPLAYED, allow_truncated=editable) if ready else []
-            count_skipped(outcome, ready, claimed, editable)
+            claimed = _claim(ready, allow_truncated=editable)
+            count_skipped(outcome, ready, [letter.pk for letter in claimed], editable)
             if claimed:
                 edits = partial(_edits, args=args, kwargs=kwargs, queue=queue)
                 _outbox(outcome, claimed, user, by_text, reason, app, edits)
@@ -148,8 +158,8 @@ def republish_original(
             )
             outcome.skipped[SKIP_NOT_RAW] += len(set(chunk) - raw)
             ready = sorted(raw)
-            claimed = claim(ready, Status.REPLAYED, allow_truncated=True) if ready else []
-            count_skipped(outcome, ready, claimed, True)
+            claimed = _claim(ready, allow_truncated=True)
+            count_skipped(outcome, ready, [letter.pk for letter in claimed], True)
             if claimed:
                 _outbox(outcome, claimed, user, by_text, reason, app, lambda _letter: edits)
     if not outcome.skipped[SKIP_NOT_RAW]:
@@ -157,9 +167,35 @@ def republish_original(
     return outcome
 
 
+def _claim(ids: list[int], *, allow_truncated: bool) -> list[Letter]:
+    """Claim pending rows for replay, reading in the same statement what publishing needs."""
+    if not ids:
+        return []
+    rows = claim_rows(ids, Status.REPLAYED, allow_truncated=allow_truncated, columns=LETTER_COLUMNS)
+    return [Letter(*map(_from_db, LETTER_COLUMNS, row)) for row in rows]
+
+
+_JSON_COLUMNS = frozenset(("args", "kwargs", "options"))
+
+
+def _from_db(column: str, value: Any) -> Any:
+    """A raw column value as the model field gives it (JSON columns come back as text)."""
+    if column in _JSON_COLUMNS:
+        return json.loads(value) if isinstance(value, str | bytes) else value
+    if column == "call_body_base64":
+        return bool(value)
+    return value
+
+
+_REPLAY_COLUMNS = (
+    "dead_letter_id", "user_id", "by", "reason", "run_id", "edits", "new_task_id", "outcome",
+    "created_at",
+)  # fmt: skip
+
+
 def _outbox(
     outcome: Outcome,
-    claimed: list[int],
+    claimed: list[Letter],
     user: Any,
     by_text: str,
     reason: str,
@@ -167,24 +203,17 @@ def _outbox(
     edits_of: Any,
 ) -> None:
     """Write the claimed rows' ``Replay`` rows and publish them once this block commits."""
-    rows = DeadLetter.objects.filter(pk__in=claimed).order_by("pk")
-    letters = list(rows.defer("traceback", "exception_message"))
-    replays = [
-        Replay(
-            dead_letter=letter,
-            user=user,
-            by=by_text,
-            reason=reason,
-            run_id=outcome.run_id,
-            edits=edits_of(letter),
-            new_task_id=str(uuid.uuid4()),
-        )
-        for letter in letters
-    ]
-    Replay.objects.bulk_create(replays)
-    _count(outcome, replays)
+    entries = [OutboxEntry(str(uuid.uuid4()), edits_of(letter), letter) for letter in claimed]
+    user_id, now, pending = getattr(user, "pk", None), timezone.now(), Replay.Outcome.PENDING
+    rows = [
+        (entry.dead_letter.pk, user_id, by_text, reason, outcome.run_id, entry.edits,
+         entry.new_task_id, pending, now)
+        for entry in entries
+    ]  # fmt: skip
+    insert_rows(Replay, columns=_REPLAY_COLUMNS, rows=rows)
+    _count(outcome, entries)
     # The outbox: claim, lineage and task ids commit together, then publish.
-    transaction.on_commit(partial(_publish, outcome, replays, app))
+    transaction.on_commit(partial(_publish, outcome, entries, app))
 
 
 def _decodable(ids: list[int], accepted: set[str], outcome: Outcome) -> list[int]:
@@ -193,7 +222,8 @@ def _decodable(ids: list[int], accepted: set[str], outcome: Outcome) -> list[int
     Checked before the claim: a claimed row that cannot be decoded would stay in the outbox.
     """
     refused = (
-        DeadLetter.objects.filter(pk__in=ids, status=Status.PENDING, replay_blocker="")
+        DeadLetter.objects.filter(pk__in=in_values(ids, "bigint"))
+        .filter(status=Status.PENDING, replay_blocker="")
         .exclude(call_content_type="")
         .exclude(call_content_type__in=accepted)
         .values_list("pk", "call_content_type")
@@ -205,7 +235,7 @@ def _decodable(ids: list[int], accepted: set[str], outcome: Outcome) -> list[int
     return sorted(left)
 
 
-def _count(outcome: Outcome, replays: list[Replay]) -> None:
+def _count(outcome: Outcome, replays: list[OutboxEntry]) -> None:
     for replay_row in replays:
         outcome.per_task[replay_row.dead_letter.task_name] += 1
     outcome.done += len(replays)
@@ -222,7 +252,7 @@ def _check_edit_types(args: Any, kwargs: Any) -> None:
         raise TypeError("kwargs must be an object with string keys")
 
 
-def _publish(outcome: Outcome, replays: list[Replay], app: Celery | None) -> None:
+def _publish(outcome: Outcome, replays: list[OutboxEntry], app: Celery | None) -> None:
     try:
         outcome.published += publish_replays(replays, app)
     except ReplayError as error:
