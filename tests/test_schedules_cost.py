@@ -13,7 +13,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from djcelery_ops.schedules.fencing import DeadlineProducer, Publisher, PublishDeadlineExceeded
+from djcelery_ops.schedules.fencing import DeadlineProducer, PublishDeadlineExceeded, Publisher
 from djcelery_ops.schedules.scheduler import LockedDatabaseScheduler, slot_task_id
 from djcelery_ops.schedules.slots import schedule_slot
 from tests.celery_app import app as celery_app
