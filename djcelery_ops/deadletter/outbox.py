@@ -19,12 +19,11 @@ task id, in lease mode), so publishing again is safe where not publishing would 
 from __future__ import annotations
 
 import base64
-import dataclasses
 import datetime
 import importlib
 import logging
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any
 
 from celery import current_app
 from django.core.exceptions import ImproperlyConfigured
@@ -36,51 +35,14 @@ from django.utils.module_loading import import_string
 from djcelery_ops.conf import ops_settings
 from djcelery_ops.db import in_values
 from djcelery_ops.deadletter.call import accepted_content_types, decode_call, serializer_name
-from djcelery_ops.deadletter.models import DeadLetter, Replay
+from djcelery_ops.deadletter.entries import AnyLetter, AnyReplay
+from djcelery_ops.deadletter.models import Replay
 from djcelery_ops.wire import REPLAY_HEADER
 
 if TYPE_CHECKING:
     from celery import Celery
 
 logger = logging.getLogger("djcelery_ops.deadletter")
-
-
-@dataclasses.dataclass(slots=True)
-class Letter:
-    """What publishing a replay reads of its dead letter: the same names as ``DeadLetter``'s
-    fields, without a model instance (read by the claim itself, ``replay._outbox``)."""
-
-    pk: int
-    task_name: str
-    args: Any
-    kwargs: Any
-    options: Any
-    queue: str
-    call_content_type: str
-    call_content_encoding: str
-    call_body: str
-    call_body_base64: bool
-
-
-# The columns a ``Letter`` is read from, in its fields' order.
-LETTER_COLUMNS = ("id", *(field.name for field in dataclasses.fields(Letter)[1:]))
-
-
-@dataclasses.dataclass(slots=True)
-class OutboxEntry:
-    """A replay to publish: the same names as a ``Replay`` row's, without a model instance."""
-
-    new_task_id: str
-    edits: dict[str, Any]
-    dead_letter: Letter
-
-    @property
-    def dead_letter_id(self) -> int:
-        return self.dead_letter.pk
-
-
-AnyLetter: TypeAlias = "DeadLetter | Letter"
-AnyReplay: TypeAlias = "Replay | OutboxEntry"
 
 
 class ReplayError(Exception):

@@ -35,15 +35,9 @@ from django.utils import timezone
 from djcelery_ops.conf import ops_settings
 from djcelery_ops.db import in_values, insert_rows
 from djcelery_ops.deadletter.call import BLOCKED_NEVER_DECODED, accepted_content_types
+from djcelery_ops.deadletter.entries import LETTER_COLUMNS, Letter, OutboxEntry
 from djcelery_ops.deadletter.models import DeadLetter, Replay
-from djcelery_ops.deadletter.outbox import (
-    LETTER_COLUMNS,
-    Letter,
-    OutboxEntry,
-    ReplayError,
-    celery_app,
-    publish_replays,
-)
+from djcelery_ops.deadletter.outbox import ReplayError, celery_app, publish_replays
 from djcelery_ops.deadletter.selection import (
     SKIP_NOT_RAW,
     chunks,
