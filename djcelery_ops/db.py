@@ -1,4 +1,4 @@
-"""Database helpers of the shared core: the database clock, one upsert, batched deletes.
+"""Database helpers of the shared core: the database clock, one upsert, batched writes.
 
 Every "insert or take over" in the app is the same statement, built by ``upsert``:
 
@@ -18,12 +18,14 @@ PostgreSQL, and SQLite >= 3.35 (``RETURNING``).
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from django.db import connection, connections, models, transaction
 from django.db.models import QuerySet
+from django.db.models.expressions import RawSQL
 
 
 class UnsupportedDatabase(NotImplementedError):
@@ -242,3 +244,147 @@ def distinct_column_values(
     with connection_.cursor() as cursor:
         cursor.execute(sql, values + values)
         return [row[0] for row in cursor.fetchall()]
+
+
+def update_from_values(
+    model: type[models.Model],
+    *,
+    key: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    where: Sql | None = None,
+) -> int:
+    """Many rows, each with values of its own, in one statement; returns the rows changed.
+
+        UPDATE t SET c = v.c, ... FROM (VALUES (key, c, ...), ...) AS v
+        WHERE t.key = v.key [AND where]
+
+    ``rows`` are ``(key, *columns)`` tuples of Python values (adapted by the model's
+    fields). In ``where``, ``{table}`` is the updated table and ``{new:<column>}`` the
+    row's new value. PostgreSQL, and SQLite >= 3.33 (``UPDATE ... FROM``).
+    """
+    if not rows:
+        return 0
+    quote = connection.ops.quote_name
+    table = quote(model._meta.db_table)
+    names = [key, *columns]
+    fields = [model._meta.get_field(name) for name in names]
+    casts = [
+        f"CAST(%s AS {field.db_type(connection)})" if connection.vendor == "postgresql" else "%s"
+        for field in fields
+        if isinstance(field, models.Field)
+    ]
+    assert len(casts) == len(names), "every column must be a concrete field"
+    row_sql = f"({', '.join(casts)})"
+    params: list[Any] = []
+    for row in rows:
+        for field, value in zip(fields, row, strict=True):
+            assert isinstance(field, models.Field)
+            params.append(field.get_db_prep_save(value, connection))
+    # A VALUES list names its columns column1, column2, ... on PostgreSQL and SQLite alike.
+    new = {name: f"v.column{position}" for position, name in enumerate(names, 1)}
+    assignments = ", ".join(f"{quote(name)} = {new[name]}" for name in columns)
+    sql = (
+        f"UPDATE {table} SET {assignments} FROM (VALUES {', '.join([row_sql] * len(rows))}) AS v"
+        f" WHERE {table}.{quote(key)} = {new[key]}"
+    )
+    if where is not None:
+        text, where_params = _render(where, table)
+        for name, value_column in new.items():
+            text = text.replace("{new:" + name + "}", value_column)
+        sql += f" AND ({text})"
+        params.extend(where_params)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return int(cursor.rowcount)
+
+
+def insert_rows(
+    model: type[models.Model], *, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> int:
+    """Insert ``rows`` of Python values (adapted by the model's fields) into ``columns``;
+    returns how many. Like ``bulk_create`` without model instances: no defaults are filled
+    in and no signals sent, so ``columns`` must name every column without a default.
+
+    On PostgreSQL one statement, ``INSERT ... SELECT * FROM unnest(<one array per
+    column>)``: psycopg binds a few arrays far faster than thousands of placeholders.
+    Elsewhere ``INSERT ... VALUES (...), (...)``, as many rows per statement as it takes.
+    """
+    if not rows:
+        return 0
+    fields = [model._meta.get_field(name) for name in columns]
+    concrete = [field for field in fields if isinstance(field, models.Field)]
+    assert len(concrete) == len(columns), "every column must be a concrete field"
+    quote = connection.ops.quote_name
+    head = (
+        f"INSERT INTO {quote(model._meta.db_table)} "
+        f"({', '.join(quote(field.column or field.attname) for field in concrete)}) "
+    )
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            arrays = [
+                _array(field, [row[position] for row in rows])
+                for position, field in enumerate(concrete)
+            ]
+            casts = ", ".join(f"%s::{field.db_type(connection)}[]" for field in concrete)
+            cursor.execute(f"{head}SELECT * FROM unnest({casts})", arrays)
+            return len(rows)
+        size = max(1, connection.ops.bulk_batch_size(concrete, list(rows)))
+        row_sql = f"({', '.join(['%s'] * len(columns))})"
+        for start in range(0, len(rows), size):
+            part = rows[start : start + size]
+            params = [
+                field.get_db_prep_save(value, connection)
+                for row in part
+                for field, value in zip(concrete, row, strict=True)
+            ]
+            cursor.execute(f"{head}VALUES {', '.join([row_sql] * len(part))}", params)
+    return len(rows)
+
+
+def _array(field: models.Field[Any, Any], values: list[Any]) -> list[Any]:
+    """A column's values adapted for a PostgreSQL array; a value the same as the row
+    before's (a constant column) is adapted once."""
+    adapted: list[Any] = []
+    last: Any = object()
+    for value in values:
+        if value is not last:
+            last, prepared = value, _array_value(field, value)
+        adapted.append(prepared)
+    return adapted
+
+
+def _array_value(field: models.Field[Any, Any], value: Any) -> Any:
+    if isinstance(field, models.JSONField):  # as text, cast to jsonb by the statement
+        return None if value is None else json.dumps(value, cls=field.encoder)
+    return field.get_db_prep_save(value, connection)
+
+
+def any_of(values: Sequence[Any], db_type: str) -> Sql:
+    """``<column> <any_of>``: membership in many values for raw SQL. On PostgreSQL one array
+    parameter (``= ANY(%s::bigint[])``), bound far faster than a placeholder per value."""
+    if connection.vendor == "postgresql":
+        return Sql(f"= ANY(%s::{db_type}[])", [list(values)])
+    return Sql(f"IN ({', '.join(['%s'] * len(values))})", list(values))
+
+
+def in_values(values: Sequence[Any], db_type: str) -> Any:
+    """What ``<field>__in=`` gets for many values: on PostgreSQL a subquery over one array
+    parameter (see ``any_of``), elsewhere the list itself."""
+    if connection.vendor == "postgresql":
+        return RawSQL(f"SELECT unnest(%s::{db_type}[])", [list(values)])
+    return list(values)
+
+
+def close_broken_connections() -> None:
+    """``close_old_connections`` for a long-running loop such as beat's, not a request.
+
+    Django's default ``CONN_MAX_AGE = 0`` means one connection per request; applied to
+    every beat tick it opened a new database connection each time (most of an idle
+    tick's cost). A connection with ``CONN_MAX_AGE = 0`` is kept here while it works and
+    replaced once an error left it unusable; a positive ``CONN_MAX_AGE`` is honoured.
+    """
+    for conn in connections.all(initialized_only=True):
+        if conn.settings_dict.get("CONN_MAX_AGE") == 0:
+            conn.close_at = None
+        conn.close_if_unusable_or_obsolete()

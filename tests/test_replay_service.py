@@ -9,6 +9,7 @@ import pytest
 from celery import Celery
 from django.contrib.auth.models import User
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from djcelery_ops.deadletter.lineage import resolve_replay
@@ -94,6 +95,28 @@ def test_replay__same_rows_twice_publishes_once_and_says_why_skipped(celery_queu
     assert second.skipped == {"already replayed": 3}
     assert len(drain(celery_queue)) == 3
     assert Replay.objects.count() == 3
+
+
+@pytest.mark.django_db
+def test_replay__statements_per_batch_do_not_grow_with_the_batch(celery_queue, publishing):
+    """Claim (reading what publishing needs), one insert of the Replay rows, the published
+    mark: no statement per dead letter (issue 18: per-message overhead)."""
+    few = [dead_letter(queue=celery_queue, options={"queue": celery_queue}) for _ in range(2)]
+    many = [dead_letter(queue=celery_queue, options={"queue": celery_queue}) for _ in range(25)]
+    counted = []
+    for letters in (few, many):
+        with CaptureQueriesContext(connection) as queries, publishing():
+            outcome = replay(letters, by="ops", reason="count", batch_size=100)
+        assert (outcome.done, outcome.published) == (len(letters), len(letters))
+        counted.append(len(queries.captured_queries))
+    assert counted[0] == counted[1]
+    assert len(drain(celery_queue)) == 27
+    rows = Replay.objects.filter(dead_letter__in=many)
+    assert rows.count() == 25
+    values = rows.values_list("by", "reason", "outcome", "edits", "user")
+    assert all(row == ("ops", "count", Replay.Outcome.PENDING, {}, None) for row in values)
+    assert not rows.filter(published_at=None).exists()
+    assert rows.values("created_at").distinct().count() == 1  # one batch, one moment
 
 
 @pytest.mark.django_db

@@ -34,8 +34,10 @@ from django.utils.module_loading import import_string
 
 from djcelery_ops.conf import ops_settings
 from djcelery_ops.crypto import unseal
+from djcelery_ops.db import in_values
 from djcelery_ops.deadletter.call import accepted_content_types, decode_call, serializer_name
-from djcelery_ops.deadletter.models import DeadLetter, Replay
+from djcelery_ops.deadletter.entries import AnyLetter, AnyReplay
+from djcelery_ops.deadletter.models import Replay
 from djcelery_ops.deadletter.sealed import Payload, PayloadKeyError, open_payload
 from djcelery_ops.signals import replays_published
 from djcelery_ops.wire import REPLAY_HEADER
@@ -86,7 +88,7 @@ def celery_app_problem(app: Celery) -> str | None:
 
 
 def publish_options(
-    letter: DeadLetter, queue: str | None = None, payload: Payload | None = None
+    letter: AnyLetter, queue: str | None = None, payload: Payload | None = None
 ) -> dict[str, Any]:
     """Routing and headers of the original message, for a new task id and no ETA/expiry."""
     stored = (payload or open_payload(letter)).options
@@ -107,7 +109,7 @@ def publish_options(
     return options
 
 
-def workflow_options(letter: DeadLetter, payload: Payload | None = None) -> dict[str, Any]:
+def workflow_options(letter: AnyLetter, payload: Payload | None = None) -> dict[str, Any]:
     """The rest of the workflow the original message carried, for ``send_task``: the
     remaining ``chain`` (reversed, as Celery carries it), ``link`` and ``link_error``
     signatures, and the ``group_index``. A workflow over the size cap was not kept (a
@@ -126,13 +128,15 @@ def workflow_options(letter: DeadLetter, payload: Payload | None = None) -> dict
     return options
 
 
-def _edited(replay: Replay, field: str, stored: Any) -> Any:
+def _edited(replay: AnyReplay, field: str, stored: Any) -> Any:
     """The value the operator gave for ``field`` (edit and replay), else the stored one."""
     edit = (replay.edits or {}).get(field)
     return unseal(edit["new"]) if isinstance(edit, dict) and "new" in edit else stored
 
 
-def _edited_call(app: Celery, replay: Replay, payload: Payload) -> tuple[Any, Any, dict[str, Any]]:
+def _edited_call(
+    app: Celery, replay: AnyReplay, payload: Payload
+) -> tuple[Any, Any, dict[str, Any]]:
     """Args, kwargs and serializer to publish: the kept call unless the operator edited it.
 
     The kept call is decoded (with the app's ``accept_content``) and published with the
@@ -155,7 +159,7 @@ def _edited_call(app: Celery, replay: Replay, payload: Payload) -> tuple[Any, An
     return _edited(replay, "args", args), _edited(replay, "kwargs", kwargs), serializer
 
 
-def _send_original(app: Celery, replay: Replay, producer: Any, payload: Payload) -> None:
+def _send_original(app: Celery, replay: AnyReplay, producer: Any, payload: Payload) -> None:
     """The never-decoded body, unchanged, with its headers, under the replay's task id."""
     letter = replay.dead_letter
     stored = payload.options
@@ -178,7 +182,7 @@ def _send_original(app: Celery, replay: Replay, producer: Any, payload: Payload)
     )
 
 
-def _send(app: Celery, replay: Replay, producer: Any) -> None:
+def _send(app: Celery, replay: AnyReplay, producer: Any) -> None:
     letter = replay.dead_letter
     payload = open_payload(letter)  # PayloadKeyError: the key was lost since the claim
     if (replay.edits or {}).get("raw_body"):
@@ -197,7 +201,7 @@ def _send(app: Celery, replay: Replay, producer: Any) -> None:
     )
 
 
-def publish_replays(replays: Iterable[Replay], app: Celery | None = None) -> int:
+def publish_replays(replays: Iterable[AnyReplay], app: Celery | None = None) -> int:
     """Send each replay's message with its task id, then mark the sent ones published.
 
     Returns how many the broker confirmed; raises ``ReplayError`` when the broker fails
@@ -245,7 +249,8 @@ def _mark_published(task_ids: list[str]) -> None:
     if not task_ids:
         return
     try:
-        Replay.objects.filter(new_task_id__in=task_ids).update(published_at=timezone.now())
+        sent = Replay.objects.filter(new_task_id__in=in_values(task_ids, "text"))
+        sent.update(published_at=timezone.now())
     except (DatabaseError, InterfaceError) as error:
         logger.warning("%d replays published but not marked (%s)", len(task_ids), error)
 

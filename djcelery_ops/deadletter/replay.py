@@ -20,6 +20,7 @@ How a replay stays safe:
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Iterable
@@ -29,9 +30,12 @@ from typing import TYPE_CHECKING, Any
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.db.models import QuerySet
+from django.utils import timezone
 
 from djcelery_ops.conf import ops_settings
+from djcelery_ops.db import in_values, insert_rows
 from djcelery_ops.deadletter.call import BLOCKED_NEVER_DECODED, accepted_content_types
+from djcelery_ops.deadletter.entries import LETTER_COLUMNS, Letter, OutboxEntry
 from djcelery_ops.deadletter.models import DeadLetter, Replay
 from djcelery_ops.deadletter.outbox import ReplayError, celery_app, publish_replays
 from djcelery_ops.deadletter.sealed import SKIP_KEY_MISSING, open_payload, seal_edits, unopenable
@@ -40,7 +44,7 @@ from djcelery_ops.deadletter.transitions import (
     Outcome,
     Progress,
     actor_of,
-    claim,
+    claim_rows,
     count_skipped,
 )
 from djcelery_ops.signals import replays_published
@@ -55,7 +59,7 @@ logger = logging.getLogger("djcelery_ops.deadletter")
 Status = DeadLetter.Status
 
 
-def _edits(letter: DeadLetter, args: Any, kwargs: Any, queue: str | None) -> dict[str, Any]:
+def _edits(letter: Letter, args: Any, kwargs: Any, queue: str | None) -> dict[str, Any]:
     """What the operator changed, old and new; args and kwargs sealed like the letter's."""
     edits: dict[str, Any] = {}
     payload = open_payload(letter) if args is not None or kwargs is not None else None
@@ -114,13 +118,13 @@ def replay(
         with transaction.atomic():
             ready = chunk if editable else _decodable(chunk, accepted, outcome)
             ready = _openable(ready, outcome)
-            claimed = claim(ready, Status.REPLAYED, allow_truncated=editable) if ready else []
-            count_skipped(outcome, ready, claimed, editable)
+            claimed = _claim(ready, allow_truncated=editable)
+            count_skipped(outcome, ready, [letter.pk for letter in claimed], editable)
             if claimed:
                 edits = partial(_edits, args=args, kwargs=kwargs, queue=queue)
                 _outbox(outcome, claimed, user, by_text, reason, app, edits)
         if progress is not None:
-            progress(outcome, claimed)
+            progress(outcome, [letter.pk for letter in claimed])
     if outcome.skipped:
         skipped = sum(outcome.skipped.values())
         replays_published.send_robust(replay, published=0, unconfirmed=0, skipped=skipped)
@@ -168,20 +172,46 @@ def republish_original(
             )
             outcome.skipped[SKIP_NOT_RAW] += len(set(chunk) - raw)
             ready = _openable(sorted(raw), outcome)
-            claimed = claim(ready, Status.REPLAYED, allow_truncated=True) if ready else []
-            count_skipped(outcome, ready, claimed, True)
+            claimed = _claim(ready, allow_truncated=True)
+            count_skipped(outcome, ready, [letter.pk for letter in claimed], True)
             if claimed:
                 _outbox(outcome, claimed, user, by_text, reason, app, lambda _letter: edits)
         if progress is not None:
-            progress(outcome, claimed)
+            progress(outcome, [letter.pk for letter in claimed])
     if not outcome.skipped[SKIP_NOT_RAW]:
         del outcome.skipped[SKIP_NOT_RAW]
     return outcome
 
 
+def _claim(ids: list[int], *, allow_truncated: bool) -> list[Letter]:
+    """Claim pending rows for replay, reading in the same statement what publishing needs."""
+    if not ids:
+        return []
+    rows = claim_rows(ids, Status.REPLAYED, allow_truncated=allow_truncated, columns=LETTER_COLUMNS)
+    return [Letter(*map(_from_db, LETTER_COLUMNS, row)) for row in rows]
+
+
+_JSON_COLUMNS = frozenset(("args", "kwargs", "options"))
+
+
+def _from_db(column: str, value: Any) -> Any:
+    """A raw column value as the model field gives it (JSON columns come back as text)."""
+    if column in _JSON_COLUMNS:
+        return json.loads(value) if isinstance(value, str | bytes) else value
+    if column == "call_body_base64":
+        return bool(value)
+    return value
+
+
+_REPLAY_COLUMNS = (
+    "dead_letter_id", "user_id", "by", "reason", "run_id", "edits", "new_task_id", "outcome",
+    "created_at",
+)  # fmt: skip
+
+
 def _outbox(
     outcome: Outcome,
-    claimed: list[int],
+    claimed: list[Letter],
     user: Any,
     by_text: str,
     reason: str,
@@ -189,24 +219,17 @@ def _outbox(
     edits_of: Any,
 ) -> None:
     """Write the claimed rows' ``Replay`` rows and publish them once this block commits."""
-    rows = DeadLetter.objects.filter(pk__in=claimed).order_by("pk")
-    letters = list(rows.defer("traceback", "exception_message"))
-    replays = [
-        Replay(
-            dead_letter=letter,
-            user=user,
-            by=by_text,
-            reason=reason,
-            run_id=outcome.run_id,
-            edits=edits_of(letter),
-            new_task_id=str(uuid.uuid4()),
-        )
-        for letter in letters
-    ]
-    Replay.objects.bulk_create(replays)
-    _count(outcome, replays)
+    entries = [OutboxEntry(str(uuid.uuid4()), edits_of(letter), letter) for letter in claimed]
+    user_id, now, pending = getattr(user, "pk", None), timezone.now(), Replay.Outcome.PENDING
+    rows = [
+        (entry.dead_letter.pk, user_id, by_text, reason, outcome.run_id, entry.edits,
+         entry.new_task_id, pending, now)
+        for entry in entries
+    ]  # fmt: skip
+    insert_rows(Replay, columns=_REPLAY_COLUMNS, rows=rows)
+    _count(outcome, entries)
     # The outbox: claim, lineage and task ids commit together, then publish.
-    transaction.on_commit(partial(_publish, outcome, replays, app))
+    transaction.on_commit(partial(_publish, outcome, entries, app))
 
 
 def _decodable(ids: list[int], accepted: set[str], outcome: Outcome) -> list[int]:
@@ -215,7 +238,8 @@ def _decodable(ids: list[int], accepted: set[str], outcome: Outcome) -> list[int
     Checked before the claim: a claimed row that cannot be decoded would stay in the outbox.
     """
     refused = (
-        DeadLetter.objects.filter(pk__in=ids, status=Status.PENDING, replay_blocker="")
+        DeadLetter.objects.filter(pk__in=in_values(ids, "bigint"))
+        .filter(status=Status.PENDING, replay_blocker="")
         .exclude(call_content_type="")
         .exclude(call_content_type__in=accepted)
         .values_list("pk", "call_content_type")
@@ -236,7 +260,7 @@ def _openable(ids: list[int], outcome: Outcome) -> list[int]:
     return [pk for pk in ids if pk not in refused]
 
 
-def _count(outcome: Outcome, replays: list[Replay]) -> None:
+def _count(outcome: Outcome, replays: list[OutboxEntry]) -> None:
     for replay_row in replays:
         outcome.per_task[replay_row.dead_letter.task_name] += 1
     outcome.done += len(replays)
@@ -255,7 +279,7 @@ def _check_edit_types(args: Any, kwargs: Any) -> None:
         raise TypeError("kwargs must be an object with string keys")
 
 
-def _publish(outcome: Outcome, replays: list[Replay], app: Celery | None) -> None:
+def _publish(outcome: Outcome, replays: list[OutboxEntry], app: Celery | None) -> None:
     try:
         outcome.published += publish_replays(replays, app)
     except ReplayError as error:

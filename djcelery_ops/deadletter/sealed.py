@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db.models import Q
 
@@ -30,6 +30,9 @@ from djcelery_ops.crypto import (
     unseal_text,
 )
 from djcelery_ops.deadletter.models import DeadLetter
+
+if TYPE_CHECKING:
+    from djcelery_ops.deadletter.entries import Letter
 
 SEALED_OPTIONS = (
     "headers",
@@ -79,7 +82,7 @@ class Payload:
     call_body: str
 
 
-def open_payload(letter: DeadLetter) -> Payload:
+def open_payload(letter: DeadLetter | Letter) -> Payload:
     """The letter's payload in clear; ``PayloadKeyError`` when no configured key opens it."""
     return Payload(
         args=unseal(letter.args),

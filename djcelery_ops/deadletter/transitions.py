@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from django.db import connection
 from django.utils import timezone
 
+from djcelery_ops.db import any_of
 from djcelery_ops.deadletter.models import DeadLetter
 from djcelery_ops.deadletter.selection import SKIP_NOT_FOUND, skip_reason
 
@@ -61,18 +62,29 @@ def actor_of(by: Actor) -> tuple[Any, str]:
 
 def claim(ids: list[int], status: str, *, allow_truncated: bool) -> list[int]:
     """Move pending rows to ``status``; return the ids this statement changed."""
-    table = connection.ops.quote_name(DeadLetter._meta.db_table)
-    marks = ", ".join(["%s"] * len(ids))
+    return [row[0] for row in claim_rows(ids, status, allow_truncated=allow_truncated)]
+
+
+def claim_rows(
+    ids: list[int], status: str, *, allow_truncated: bool, columns: Sequence[str] = ("id",)
+) -> list[tuple[Any, ...]]:
+    """Move pending rows to ``status``; return ``columns`` (the first is ``id``) of the
+    rows this statement changed, in id order: the claim reads what the caller needs."""
+    assert columns[0] == "id", "rows are returned in id order"
+    quote = connection.ops.quote_name
+    table = quote(DeadLetter._meta.db_table)
+    listed = any_of(ids, "bigint")
     # A row whose call was not kept faithfully is replayed only with the operator's call.
     truncated = "" if allow_truncated else " AND replay_blocker = %s"
-    params: list[Any] = [status, timezone.now(), *ids, Status.PENDING]
+    params: list[Any] = [status, timezone.now(), *listed.params, Status.PENDING]
     if not allow_truncated:
         params.append("")
-    where = f"id IN ({marks}) AND status = %s{truncated}"
-    sql = f"UPDATE {table} SET status = %s, updated_at = %s WHERE {where} RETURNING id"
+    where = f"id {listed.text} AND status = %s{truncated}"
+    returning = ", ".join(quote(column) for column in columns)
+    sql = f"UPDATE {table} SET status = %s, updated_at = %s WHERE {where} RETURNING {returning}"
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return sorted(row[0] for row in cursor.fetchall())
+        return sorted(cursor.fetchall(), key=lambda row: row[0])
 
 
 def count_skipped(outcome: Outcome, ids: list[int], claimed: list[int], editable: bool) -> None:

@@ -6,7 +6,7 @@ winner, so of several beat processes exactly one wins. Works on
 PostgreSQL and SQLite alike, and nobody's local clock matters for who may take over.
 
 A takeover increments the lease's ``term`` (a renewal keeps it): the winner gets the term
-back and fences its writes with it (``still_holds``), so a leader that lost the lease
+back and fences its writes with it (``fence``), so a leader that lost the lease
 without noticing (frozen, cut off from the database) cannot overwrite its successor's.
 """
 
@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from django.db.models import Exists
+from django.db import connection
 from django.db.models.functions import Now
 
 from djcelery_ops.db import Sql, column, now_plus_sql, now_sql, proposed, upsert
@@ -70,11 +70,16 @@ def try_acquire(name: str, holder: str, seconds: float) -> int | None:
     return None if won is None else int(won)
 
 
-def still_holds(name: str, holder: str, term: int) -> Exists:
+def fence(name: str, holder: str, term: int) -> Sql:
     """A condition true while ``holder`` holds the lease in ``term`` (database clock): the
     fence of every write a leader makes."""
-    return Exists(
-        SchedulerLease.objects.filter(name=name, holder=holder, term=term, expires_at__gt=Now())
+    quote = connection.ops.quote_name
+    now = now_sql()
+    return Sql(
+        f"EXISTS (SELECT 1 FROM {quote(SchedulerLease._meta.db_table)}"
+        f" WHERE {quote('name')} = %s AND {quote('holder')} = %s AND {quote('term')} = %s"
+        f" AND {quote('expires_at')} > {now.text})",
+        [name, holder, term, *now.params],
     )
 
 
