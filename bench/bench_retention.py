@@ -199,7 +199,7 @@ def buffers_per_batch(size: int = 2000) -> int:
 
     plans = []
 
-    def explain(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+    def explain(execute, sql, params, many, context):
         if not sql.startswith("INSERT INTO"):
             return execute(sql, params, many, context)
         result = execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql, params, many, context)

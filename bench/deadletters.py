@@ -15,7 +15,7 @@ from typing import Any
 
 from bench.context import Context
 from bench.report import ratio_row
-from bench.workers import Mode, ordered, run_mode, wait_for
+from bench.workers import Mode, run_modes, wait_for
 
 NAME = "deadletters"
 MODES = {
@@ -28,10 +28,7 @@ def run_round(context: Context, round_index: int) -> dict[str, Any]:
     from djcelery_ops.models import DeadLetter, TaskRun
 
     results: dict[str, Any] = {}
-    for name in ordered(list(MODES), round_index):
-        result = run_mode(
-            context.app, MODES[name], context.tasks, context.concurrency, context.timeout
-        )
+    for name, result in run_modes(context, MODES, round_index):
         if name == "ops":
             letters = DeadLetter.objects.filter(task_name="bench.ops_fail")
             # Captured in the child before the counter byte: already all there.

@@ -14,7 +14,7 @@ from typing import Any
 
 from bench.context import Context
 from bench.report import ratio_row
-from bench.workers import Mode, ordered, run_mode
+from bench.workers import Mode, run_modes
 
 NAME = "idempotency"
 
@@ -34,10 +34,7 @@ def run_round(context: Context, round_index: int) -> dict[str, Any]:
     from djcelery_ops.models import IdempotencyKey
 
     results: dict[str, Any] = {}
-    for name in ordered(list(MODES), round_index):
-        result = run_mode(
-            context.app, MODES[name], context.tasks, context.concurrency, context.timeout
-        )
+    for name, result in run_modes(context, MODES, round_index):
         if name != "plain":
             keys = IdempotencyKey.objects.filter(key__startswith=f"bench:{result['token']}:")
             done = keys.filter(state="done").count()

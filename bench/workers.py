@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,6 +158,17 @@ def _stop(worker: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait(timeout=10)
+
+
+def run_modes(
+    context: Any, modes: dict[str, Mode], round_index: int
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each of ``modes`` run on ``context.tasks`` tasks, in this round's order."""
+    for name in ordered(list(modes), round_index):
+        yield (
+            name,
+            run_mode(context.app, modes[name], context.tasks, context.concurrency, context.timeout),
+        )
 
 
 def ordered(names: list[str], round_index: int) -> list[str]:
