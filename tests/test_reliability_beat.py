@@ -135,10 +135,10 @@ def _handover(beats: list[Beat], old: Beat) -> Beat:
     return new
 
 
-def _wait_for_a_publish_attempt(beat: Beat, sent_before: int) -> None:
+def _wait_for_a_publish_attempt(beat: Beat, sent_before: int, timeout: float = 15) -> None:
     wait_until(
         lambda: len(SENT.findall(beat.process.log())) > sent_before,
-        timeout=15,
+        timeout=timeout,
         what="the leader to start a publish",
     )
 
@@ -257,7 +257,7 @@ def test_leader_frozen_inside_a_publish__each_slot_runs_once(two_beats, celery_q
 
 @pytest.mark.parametrize("every_seconds", [10])
 def test_leader_loses_its_database_between_publish_and_save__the_slot_sent_again_runs_once(
-    two_beats, celery_queue, capsys
+    two_beats, celery_queue, capsys, every_seconds
 ):
     """The new leader sends the same slot again (it is still the latest due one): only the
     worker's slot claim stands between that copy and a second run."""
@@ -281,7 +281,8 @@ def test_leader_loses_its_database_between_publish_and_save__the_slot_sent_again
                 what="the new leader to send the same slot again",
             )
             sent_by_new = len(SENT.findall(new.process.log()))
-            _wait_for_a_publish_attempt(new, sent_by_new)  # it saved that run and goes on
+            # It saved that run and goes on: its next slot is a whole interval away.
+            _wait_for_a_publish_attempt(new, sent_by_new, timeout=every_seconds + 15)
             return new
         finally:
             old.database.start()
