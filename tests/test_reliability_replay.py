@@ -150,6 +150,14 @@ def test_replay_chaos__broker_cut_mid_batch__every_dead_letter_runs_once(start_w
     run_rounds(start_worker, capsys, "broker_cut", cut_the_broker)
 
 
+@pytest.mark.skipif(
+    not NETWORK_BROKER,
+    reason=(
+        "kombu's file-system transport writes a message file in place: a publisher SIGKILLed "
+        "mid-write leaves an empty file that stops any worker reading it (JSONDecodeError, "
+        "'Unrecoverable error'); a transport limit, not a replay one. Runs on Redis and RabbitMQ"
+    ),
+)
 def test_replay_chaos__command_killed__every_dead_letter_runs_once(start_worker, capsys):
     def kill_the_command(queue: str) -> None:
         process = command(queue)
