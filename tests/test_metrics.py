@@ -82,8 +82,14 @@ def test_prefork_children_count_tasks_read_through_the_view(
         return response.content.decode()
 
     def done() -> str | None:
+        # Each count is written by its own signal (success, failure, then postrun for the
+        # run time), in that order: wait for the last of each, then check the labels.
         text = scrape()
-        finished = value(text, "djcelery_ops_tasks_succeeded_total") == 4
+        finished = (
+            value(text, "djcelery_ops_tasks_succeeded_total") == 4
+            and value(text, "djcelery_ops_tasks_failed_total") == 1
+            and value(text, "djcelery_ops_task_runtime_seconds_count") == 6
+        )
         return text if finished and DeadLetter.objects.exists() else None
 
     text = wait_until(done, what="five tasks to finish", timeout=60)
