@@ -1,6 +1,6 @@
 """Purge speed on big tables: rows/s and the longest batch transaction of each purge command.
 
-    DATABASE_URL=postgres://postgres@127.0.0.1:5432/wtretbench \
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/retbench \
     .venv/bin/python bench/bench_retention.py --rows 5000000 [--tables runs,keys,letters]
 
 For each table it seeds ``--rows`` rows with one ``INSERT ... SELECT generate_series``
@@ -312,16 +312,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="--recording: passes a table")
     options = parser.parse_args()
 
-    import django
+    from bench.seed_runs import setup_on_postgresql
 
-    django.setup()
+    # It empties (TRUNCATE) the tables it measures: a database named for the bench only.
+    setup_on_postgresql("bench_retention.py", bench_named=True)
     from django.apps import apps
     from django.core.management import call_command
     from django.db import connection
 
-    if connection.vendor != "postgresql":
-        raise SystemExit("needs PostgreSQL: set DATABASE_URL")
-    call_command("migrate", verbosity=0)
     if options.recording:
         bench_recording(options.rows, options.batches, options.rounds)
         return

@@ -1,6 +1,6 @@
 """Seed a million dead letters into PostgreSQL, then time every page of their admin.
 
-    DATABASE_URL=postgres://postgres@127.0.0.1:5432/wtdlbench \
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/dlbench \
     .venv/bin/python bench/seed_dead_letters.py --rows 1000000   # seed, then measure
     .venv/bin/python bench/seed_dead_letters.py --measure-only    # measure what is there
     .venv/bin/python bench/seed_dead_letters.py --drop            # delete the seeded rows
@@ -49,7 +49,7 @@ INSERT INTO djcelery_ops_deadletter (
     occurrences, status, updated_at)
 SELECT
     md5('dl' || g)::uuid::text, v.task_name, '[1, 2]', '{"order": 7}', false,
-    'application/json', 'utf-8', '[[1, 2], {"order": 7}, {}]', false, '',
+    'application/json', 'utf-8', '[[1, 2], {"order": 7}]', false, '',
     '{"queue": "default"}', (ARRAY['default', 'mail', 'reports'])[1 + g %% 3], '',
     CASE WHEN g %% 10 = 0 THEN md5('dl' || (g - 1))::uuid::text ELSE '' END,
     CASE WHEN g %% 10 = 0 THEN md5('dl' || (g - 1))::uuid::text ELSE '' END,

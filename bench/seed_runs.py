@@ -1,6 +1,6 @@
 """Seed millions of job runs into PostgreSQL, then time the admin and stats() on them.
 
-    DATABASE_URL=postgres://postgres@127.0.0.1:5432/wtrunsbench \
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/runsbench \
     .venv/bin/python bench/seed_runs.py --rows 5000000   # seed (generate_series), measure
     .venv/bin/python bench/seed_runs.py --measure-only    # measure what is there
 
@@ -173,15 +173,24 @@ def seed_options(description: str, chunk: int) -> argparse.ArgumentParser:
     return parser
 
 
-def setup_on_postgresql(script: str) -> None:
-    """Django set up and migrated, on PostgreSQL only (the seeds are its SQL)."""
+def setup_on_postgresql(script: str, *, bench_named: bool = False) -> None:
+    """Django set up and migrated, on PostgreSQL only (the seeds are its SQL); the database
+    is created if missing. ``bench_named``: refuse a database whose name does not say
+    ``bench`` (for a script that empties tables)."""
     import django
     from django.core.management import call_command
     from django.db import connection
 
-    django.setup()
-    if connection.vendor != "postgresql":
+    from bench.context import check_database_name, ensure_postgres_database
+
+    url = os.environ.get("DATABASE_URL", "")
+    if not url.startswith(("postgres://", "postgresql://")):
         raise SystemExit(f"{script} needs PostgreSQL (DATABASE_URL=postgres://...)")
+    if bench_named:
+        check_database_name(url)
+    ensure_postgres_database(url)
+    django.setup()
+    assert connection.vendor == "postgresql", connection.vendor
     call_command("migrate", verbosity=0)
 
 

@@ -96,6 +96,12 @@ class OpsSettings:
     # Seconds after which a replay committed but not confirmed published counts as
     # interrupted: ``replay_dead_letters`` publishes it again, with the same task id.
     DEAD_LETTER_REPLAY_RECOVER_AFTER: float = 60
+    # The admin hands a whole-group replay or discard of more rows than this to a worker
+    # (a ``BulkAction``, its progress on its admin page); None: always in the request.
+    DEAD_LETTER_BACKGROUND_ABOVE: int | None = 1000
+    # How long one execution of a bulk action works before a continuation takes over
+    # (well inside the task time limits and the broker's visibility timeout).
+    DEAD_LETTER_BULK_SLICE_SECONDS: float = 60
 
     # Secrets: what the admin pages and the log records of djcelery_ops never show (the
     # stored dead letters keep the real values). Names match keys case-insensitively as

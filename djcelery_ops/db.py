@@ -374,17 +374,3 @@ def in_values(values: Sequence[Any], db_type: str) -> Any:
     if connection.vendor == "postgresql":
         return RawSQL(f"SELECT unnest(%s::{db_type}[])", [list(values)])
     return list(values)
-
-
-def close_broken_connections() -> None:
-    """``close_old_connections`` for a long-running loop such as beat's, not a request.
-
-    Django's default ``CONN_MAX_AGE = 0`` means one connection per request; applied to
-    every beat tick it opened a new database connection each time (most of an idle
-    tick's cost). A connection with ``CONN_MAX_AGE = 0`` is kept here while it works and
-    replaced once an error left it unusable; a positive ``CONN_MAX_AGE`` is honoured.
-    """
-    for conn in connections.all(initialized_only=True):
-        if conn.settings_dict.get("CONN_MAX_AGE") == 0:
-            conn.close_at = None
-        conn.close_if_unusable_or_obsolete()

@@ -67,8 +67,14 @@ def redact_text(text: str) -> str:
 def is_secret_key(key: object) -> bool:
     if not isinstance(key, str):
         return False
+    return _is_secret(key, tuple(ops_settings.REDACT_KEYS))
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_secret(key: str, names: tuple[str, ...]) -> bool:
+    # Cached: the same few keys (a log event's fields, a task's kwargs) come back each time.
     lowered = key.lower()
-    return any(name in lowered for name in _lowered(tuple(ops_settings.REDACT_KEYS)))
+    return any(name in lowered for name in _lowered(names))
 
 
 def redact(value: Any) -> Any:

@@ -17,6 +17,7 @@ import dataclasses
 import socket
 import struct
 import threading
+from urllib.parse import urlsplit, urlunsplit
 
 # PostgreSQL's simple-query message for COMMIT: 'Q', int32 length, the text, NUL.
 COMMIT_MESSAGE = b"Q" + struct.pack("!i", 4 + len(b"COMMIT\x00")) + b"COMMIT\x00"
@@ -148,3 +149,13 @@ class TcpProxy:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+
+
+def broker_through(proxy: TcpProxy) -> str:
+    """The suite's broker URL (``CELERY_BROKER_URL``), through ``proxy``."""
+    from django.conf import settings
+
+    parts = urlsplit(settings.CELERY_BROKER_URL)
+    netloc = parts.netloc.rsplit("@", 1)
+    host = f"127.0.0.1:{proxy.port}"
+    return urlunsplit(parts._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host))

@@ -134,6 +134,15 @@ if os.environ.get("DJCELERY_OPS_DEAD_LETTER_REPLAY_RECOVER_AFTER"):
     )
 
 # --- Dead-letter reliability tests -----------------------------------------------------------
+# Bulk actions (tests/test_bulk_actions_worker.py): batches and slices of the worker.
+if os.environ.get("DJCELERY_OPS_DEAD_LETTER_REPLAY_BATCH_SIZE"):
+    DJCELERY_OPS_DEAD_LETTER_REPLAY_BATCH_SIZE = int(
+        os.environ["DJCELERY_OPS_DEAD_LETTER_REPLAY_BATCH_SIZE"]
+    )
+if os.environ.get("DJCELERY_OPS_DEAD_LETTER_BULK_SLICE_SECONDS"):
+    DJCELERY_OPS_DEAD_LETTER_BULK_SLICE_SECONDS = float(
+        os.environ["DJCELERY_OPS_DEAD_LETTER_BULK_SLICE_SECONDS"]
+    )
 if os.environ.get("DJCELERY_OPS_TEST_RESULT_BACKEND"):
     # "django-db" (django-celery-results, as in the example project): the trace stores the
     # result in the database before on_failure runs.

@@ -165,7 +165,15 @@ def manage(*args: str, settings_module: str = "tests.settings", **env: str):
         [sys.executable, "manage.py", *args],
         cwd=REPO_ROOT, env=environment, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        # Ctrl-C as in a terminal: a suite started in the background by a non-interactive
+        # shell ignores SIGINT, and a child would inherit that (Python then installs no
+        # KeyboardInterrupt handler).
+        preexec_fn=_default_sigint,
     )  # fmt: skip
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def finish(process: subprocess.Popen[str]) -> tuple[int, str, str]:

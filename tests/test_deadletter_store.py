@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 
@@ -218,3 +219,49 @@ def test_job_run_exception_message__is_capped_and_escaped_like_a_dead_letter(set
     assert len(event["exception_message"].encode()) <= 200
     assert event["exception_message"].startswith("\\u0000xxx")
     assert event["exception_message"].endswith("xEND")
+
+
+# Outside a test transaction, as in a worker: the capture manages the connection itself.
+def test_capture__keeps_a_healthy_connection_under_conn_max_age_zero(transactional_db):
+    assert connection.settings_dict["CONN_MAX_AGE"] == 0  # Django's default: per request
+    assert capture_failure(failure_record(task_id="first")) is True
+    first = connection.connection
+    assert capture_failure(failure_record(task_id="second")) is True
+    # close_old_connections() would have opened a new connection for every dead letter.
+    assert connection.connection is first
+    assert DeadLetter.objects.filter(task_id__in=["first", "second"]).count() == 2
+
+
+def test_capture__replaces_a_connection_an_error_left_unusable(transactional_db):
+    assert capture_failure(failure_record(task_id="before")) is True
+    broken = connection.connection
+    broken.close()  # the server went away under it
+    connection.errors_occurred = True
+    assert capture_failure(failure_record(task_id="after")) is True
+    assert connection.connection is not broken
+    assert DeadLetter.objects.filter(task_id="after").exists()
+
+
+def test_store__same_task_id_again_counts_an_occurrence_and_keeps_the_first_call(spool):
+    first = store_record(failure_record(task_id="again", args=[1], exception_message="one"))
+    again = store_record(failure_record(task_id="again", args=[2], exception_message="two"))
+    assert again.pk == first.pk and again.occurrences == 2
+    assert again.args == [1]  # the call that failed first is the one replayed
+    assert again.exception_message == "two"  # the latest failure's details
+    assert again.first_failed_at == first.first_failed_at
+    assert again.updated_at >= first.updated_at
+
+
+def test_store__the_same_record_written_again_is_not_a_second_occurrence(spool):
+    """A commit whose answer the cut connection lost is retried or spooled: once still."""
+    record = failure_record(task_id="lost-answer", worker_hostname="w1@host")
+    store_record(record)
+    store_record(record)  # the capture's retry after a reconnect
+    write_to_spool(record)  # or the spool, when the retry failed too
+    assert ingest_spool().ingested == 1
+    letter = DeadLetter.objects.get(task_id="lost-answer")
+    assert letter.occurrences == 1
+    redelivered = dataclasses.replace(record, failed_at=timezone.now().isoformat())
+    assert store_record(redelivered).occurrences == 2  # another failure of the same task id
+    on_another_worker = dataclasses.replace(redelivered, worker_hostname="w2@host")
+    assert store_record(on_another_worker).occurrences == 3

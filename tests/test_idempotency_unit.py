@@ -197,6 +197,15 @@ def test_lease__held_key_makes_an_eager_duplicate_raise_busy(transactional_db):
     assert not Effect.objects.filter(key="busy").exists()
 
 
+def test_lease__a_duplicate_looks_again_in_a_second_not_at_the_lease_end(transactional_db):
+    """The first wait is one second (then as long as waited so far), whatever the lease."""
+    claim("effect:soon", owner="other-task")  # a fresh lease: 60 s left
+    result = tasks.idem_lease_effect.apply(("soon",))
+    assert isinstance(result.result, IdempotencyKeyBusy)
+    assert lease_seconds(tasks.idem_lease_effect) > 30
+    assert result.result.retry_in == 1.0
+
+
 def test_lease__length_is_the_hard_time_limit_plus_the_margin(settings):
     settings.DJCELERY_OPS_IDEMPOTENCY_LEASE_MARGIN_SECONDS = 7
     assert lease_seconds(tasks.idem_lease_effect) == 5 + 7
@@ -284,6 +293,26 @@ def test_unique__expired_lock_lets_the_next_enqueue_through():
     assert acquire_enqueue_lock("u", "t1", -1) is None
     assert acquire_enqueue_lock("u", "t2", 60) is None
     assert acquire_enqueue_lock("u", "t3", 60) == "t2"
+
+
+@pytest.mark.parametrize(
+    ("task_name", "released"),
+    [
+        (tasks.idem_unique.name, True),  # publishes under a lock
+        ("not.registered.here", True),  # may have, for all this process knows
+        (tasks.ops_raise.name, False),  # never takes one: no DELETE per dead letter
+    ],
+)
+def test_unique__dead_letter_releases_the_lock_only_of_a_task_that_may_hold_one(
+    task_name, released
+):
+    from djcelery_ops.signals import dead_lettered
+    from tests.factories import failure_record
+
+    assert acquire_enqueue_lock("u", "t1", 60) is None
+    record = failure_record(task_id="t1", task_name=task_name)
+    dead_lettered.send(type(record), record=record, stored=True)
+    assert EnqueueLock.objects.filter(task_id="t1").exists() is not released
 
 
 # --- admin ------------------------------------------------------------------------------------

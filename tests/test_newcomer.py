@@ -206,6 +206,26 @@ def test_readme_settings__check_deploy_reports_nothing_of_djcelery_ops(tmp_path)
     assert "djcelery_ops." not in output
 
 
+def test_readme_settings__on_postgresql_keep_the_worker_connection(tmp_path):
+    # W005 is a database check: ``check --database`` runs it (so does ``migrate``).
+    project = readme_project(tmp_path)
+    with (project / "proj" / "settings.py").open("a") as settings_file:
+        settings_file.write(
+            '\nDATABASES = {"default": {"ENGINE": "django.db.backends.postgresql", '
+            '"NAME": "test", "HOST": "127.0.0.1", "USER": "postgres"}}\n'
+        )
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--database", "default"],
+        cwd=project,
+        env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "djcelery_ops.W005" not in result.stdout + result.stderr
+
+
 def test_readme_settings__without_the_init_import_e007_stops_check(tmp_path):
     result = check_deploy(readme_project(tmp_path, load_celery_app=False))
     assert result.returncode == 1

@@ -16,6 +16,7 @@ import pytest
 from django.db import connection
 
 from djcelery_ops.deadletter.spool import ingest_spool
+from djcelery_ops.idempotency.execution import lease_seconds
 from djcelery_ops.models import DeadLetter
 from tests.celery_app import app
 from tests.testapp import tasks
@@ -118,6 +119,27 @@ def test_waiting_for_a_busy_key__does_not_spend_the_retry_budget(start_worker, c
     assert holder.id in worker.log()
     assert Effect.objects.filter(key="busy-ok").count() == 1
     assert not DeadLetter.objects.exists()
+    scenario.report(tasks=2, dead_letters=0, lost=0, doubled=0)
+
+
+def test_waiting_for_a_busy_key__ends_soon_after_the_holder_not_at_its_lease_end(
+    start_worker, capsys
+):
+    """A duplicate delivered while the first copy runs (a slot sent twice in a beat
+    failover) looks again after 1, 1, 2, 4 s...: it is skipped seconds after the holder
+    ends. It used to wait for the whole lease (the hard time limit plus the margin: 40 s
+    here, 360 s with the defaults), a message held that long in the worker."""
+    scenario = Scenario("idempotency_wait_ends_with_the_holder", capsys)
+    worker = start_worker(concurrency=2)  # the default margin: a lease of 10 + 30 s
+    lease = lease_seconds(tasks.idem_lease_hold)
+    _holder, duplicate = _hold_key_then_send_a_duplicate("busy-short", 2)
+    wait_until(
+        lambda: f"[{duplicate.id}] succeeded" in worker.log(),
+        timeout=lease - 10,
+        what="the duplicate to be skipped well before the holder's lease would end",
+    )
+    assert worker.log().count(f"[{duplicate.id}] received") >= 2  # it waited
+    assert Effect.objects.filter(key="busy-short").count() == 1
     scenario.report(tasks=2, dead_letters=0, lost=0, doubled=0)
 
 

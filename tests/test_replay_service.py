@@ -337,3 +337,10 @@ def test_replay__concurrent_replays_of_the_same_rows_publish_each_once(celery_qu
     assert len(messages) == 200
     assert len({m["headers"]["djcelery_ops_replay_of"] for m in messages}) == 200
     assert Replay.objects.count() == 200
+
+
+def test_replay_error__survives_pickling_as_celery_does_for_a_retry():
+    import pickle
+
+    error = pickle.loads(pickle.dumps(ReplayError("broker gone", published=3, unconfirmed=2)))
+    assert (str(error), error.published, error.unconfirmed) == ("broker gone", 3, 2)

@@ -6,7 +6,9 @@ like Django's ``delete_selected``); the whole-group buttons of the grouped view 
 
 At scale ("select all 500,000 matching", a whole group): the confirmation page counts
 only the first ``PLAN_CAP`` rows (``selection.plan(cap=...)``) and carries the filters,
-not the ids. The confirmed action runs in the request as one bounded, batched service
+not the ids. A whole group of more than ``DEAD_LETTER_BACKGROUND_ABOVE`` rows is handed
+to a worker (``deadletter.bulk``: a ``BulkAction`` whose admin page shows its progress).
+Otherwise the confirmed action runs in the request as one bounded, batched service
 call: the service reads the selection in keyset batches of
 ``DJCELERY_OPS_DEAD_LETTER_REPLAY_BATCH_SIZE``, commits (and publishes) each on its own,
 keeps no list of ids (``keep_ids=False``), and after each batch the admin writes that
@@ -21,7 +23,6 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.contrib.admin.models import CHANGE, LogEntry
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -32,8 +33,11 @@ from django.utils.translation import ngettext
 
 from djcelery_ops.admin.forms import ReasonForm
 from djcelery_ops.admin.mixins import ReadOnlyAdminMixin
+from djcelery_ops.conf import ops_settings
+from djcelery_ops.deadletter import bulk
 from djcelery_ops.deadletter import services as service
 from djcelery_ops.deadletter.models import DeadLetter
+from djcelery_ops.deadletter.selection import Selection
 
 PLAN_CAP = 1_000
 
@@ -90,20 +94,31 @@ class DeadLetterActionsMixin(ReadOnlyAdminMixin[DeadLetter]):
         action: str | None,
         group: str | None = None,
     ) -> HttpResponse | None:
-        """The confirmation page; on its POST with a reason, do it and return None."""
+        """The confirmation page; on its POST with a reason, do it and return None (or,
+        for a whole group too big for a request, hand it to a worker: its progress page)."""
         form = ReasonForm(request.POST if request.POST.get("post") == "yes" else None)
+        above = ops_settings.DEAD_LETTER_BACKGROUND_ABOVE if group is not None else None
         if form.is_bound and form.is_valid():
-            self._perform(request, queryset, verb, form.cleaned_data["reason"])
+            reason = form.cleaned_data["reason"]
+            if above is not None and _more_than(queryset, above):
+                return self._hand_to_worker(request, Selection(fingerprint=group), verb, reason)
+            self._perform(request, queryset, verb, reason)
             return None
+        # The plan's capped count tells whether a group goes to a worker, without a query
+        # more unless the threshold is above what the page counts.
+        cap = PLAN_CAP if above is None else min(PLAN_CAP, above)
+        plan = service.plan(queryset, action=verb, cap=cap)
+        background = plan.capped and (cap == above or _more_than(queryset, above))
         context = {
             **self.admin_site.each_context(request),
             "title": _TITLES[verb],
             "verb": verb,
-            "plan": service.plan(queryset, action=verb, cap=PLAN_CAP),
+            "plan": plan,
             "form": form,
             "opts": self.model._meta,
             "action": action,
             "group": group,
+            "background": background,
             "select_across": request.POST.get("select_across") == "1",
             "selected": [str(pk) for pk in request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)],
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
@@ -153,6 +168,23 @@ class DeadLetterActionsMixin(ReadOnlyAdminMixin[DeadLetter]):
         self.message_user(request, template % {"count": outcome.done}, messages.SUCCESS)
         self._report_skipped(request, outcome)
 
+    def _hand_to_worker(
+        self, request: HttpRequest, selection: Selection, verb: str, reason: str
+    ) -> HttpResponse | None:
+        try:
+            action = bulk.start(selection, action=verb, by=request.user, reason=reason)  # type: ignore[arg-type]
+        except service.ReplayError as error:
+            self.message_user(request, str(error), messages.ERROR)
+            return None
+        self.message_user(
+            request,
+            _("Handed to a worker: %(action)s. Its page shows the progress.") % {"action": action},
+            messages.SUCCESS,
+        )
+        return HttpResponseRedirect(
+            reverse("admin:djcelery_ops_bulkaction_change", args=[action.pk])
+        )
+
     def _batch_done(
         self, request: HttpRequest, verb: str, reason: str, outcome: service.Outcome,
         claimed: list[int],
@@ -179,19 +211,19 @@ class DeadLetterActionsMixin(ReadOnlyAdminMixin[DeadLetter]):
             )
 
     def _log(self, request: HttpRequest, ids: list[int], message: str) -> None:
-        if ids and request.user.pk is not None:
-            LogEntry.objects.log_actions(
-                user_id=request.user.pk,
-                queryset=DeadLetter.objects.filter(pk__in=ids),
-                action_flag=CHANGE,
-                change_message=message,
-            )
+        if request.user.pk is not None:
+            bulk.log_in_admin_history(request.user.pk, ids, message)
 
     def group_action_view(self, request: HttpRequest, verb: str) -> HttpResponse:
         allowed = {"replay": self.has_replay_permission, "discard": self.has_discard_permission}
         if verb not in allowed or not allowed[verb](request):
             raise PermissionDenied
         fingerprint = request.GET.get("fingerprint", "")
-        queryset = service.Selection(fingerprint=fingerprint).queryset()
+        queryset = Selection(fingerprint=fingerprint).queryset()
         response = self._confirm(request, queryset, verb, None, group=fingerprint)
         return response or HttpResponseRedirect(reverse("admin:djcelery_ops_deadletter_groups"))
+
+
+def _more_than(queryset: QuerySet[DeadLetter], count: int | None) -> bool:
+    """More rows than ``count`` (one query, stopped past it)."""
+    return count is not None and queryset.values("pk")[count : count + 1].exists()

@@ -20,10 +20,11 @@
 | W101  | schedules as code without the locked scheduler                        |
 | W102  | a beat lease too short to survive a pause                             |
 
-This module passes 300 lines: it holds the checks of djcelery_ops' own settings and
-schedules, each a short function, and is the one table of ids (unique across the app).
-The checks of the Celery and Django configuration the app relies on are in
-``djcelery_ops.checks.celery_config``, imported at the end to register them.
+This module holds the checks of djcelery_ops' own settings, each a short function, and
+is the one table of ids (unique across the app). The checks of the Celery and Django
+configuration the app relies on are in ``djcelery_ops.checks.celery_config``, those of
+periodic jobs in ``djcelery_ops.checks.schedules``; both are imported at the end to
+register them.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ from django.conf import settings
 from django.core import checks
 from django.db import connections, router
 from django.utils.module_loading import import_string
-from kombu.utils.imports import symbol_by_name
 
 from djcelery_ops.conf import PREFIX, OpsSettings, ops_settings
 
@@ -48,8 +48,6 @@ from djcelery_ops.conf import PREFIX, OpsSettings, ops_settings
 # needed even without schedules; nothing in djcelery_ops reads django_celery_results.
 REQUIRED_APPS = ("django_celery_beat",)
 REDIS_DEFAULT_VISIBILITY_TIMEOUT = 3600
-LOCKED_SCHEDULER = "djcelery_ops.schedules.scheduler:LockedDatabaseScheduler"
-MIN_LEASE_SECONDS = 3.0
 IDEMPOTENCY_MODES = ("atomic", "lease")
 SUPPORTED_VENDORS = ("postgresql", "sqlite")
 
@@ -85,6 +83,8 @@ NON_NEGATIVE = frozenset(
         "TASK_RETRY_BACKOFF",
         "IDEMPOTENCY_LEASE_MARGIN_SECONDS",
         "DEAD_LETTER_REPLAY_RECOVER_AFTER",
+        "DEAD_LETTER_BACKGROUND_ABOVE",  # 0: every whole group goes to a worker
+        "DEAD_LETTER_BULK_SLICE_SECONDS",  # 0: one batch per slice
         "RUNS_PARTITION_LOOKBACK_DAYS",
     }
 )
@@ -373,98 +373,6 @@ def check_soft_below_hard_time_limit(
     ]
 
 
-# --- Periodic jobs: W101, W102, E101 ----------------------------------------------------------
-
-
-def _is_locked_scheduler(name: object) -> bool:
-    from djcelery_ops.schedules.scheduler import LockedDatabaseScheduler
-
-    if not isinstance(name, str):
-        return isinstance(name, type) and issubclass(name, LockedDatabaseScheduler)
-    try:
-        cls = symbol_by_name(name)
-    except (ImportError, AttributeError, ValueError):
-        return False
-    return isinstance(cls, type) and issubclass(cls, LockedDatabaseScheduler)
-
-
-@checks.register(checks.Tags.compatibility)
-def check_beat_scheduler(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> Messages:
-    """Schedules as code are meant for the locked scheduler; without it two beats run twice."""
-    if not ops_settings.SCHEDULES:
-        return []
-    if _is_locked_scheduler(getattr(settings, "CELERY_BEAT_SCHEDULER", None)):
-        return []
-    return [
-        checks.Warning(
-            f"{PREFIX}SCHEDULES is set but CELERY_BEAT_SCHEDULER is not the locked "
-            "scheduler: several beat processes would each dispatch every schedule.",
-            hint=f'Set CELERY_BEAT_SCHEDULER = "{LOCKED_SCHEDULER}" (or pass it to beat -S '
-            "and silence this check).",
-            id="djcelery_ops.W101",
-        )
-    ]
-
-
-@checks.register(checks.Tags.compatibility)
-def check_lease_seconds(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> Messages:
-    """A lease shorter than a few seconds expires during an ordinary database hiccup."""
-    seconds = ops_settings.BEAT_LEASE_SECONDS
-    if not has_setting_type("BEAT_LEASE_SECONDS", seconds) or seconds >= MIN_LEASE_SECONDS:
-        return []  # a wrong type is E002
-    return [
-        checks.Warning(
-            f"{PREFIX}BEAT_LEASE_SECONDS is {seconds}: the beat leader would lose its lease "
-            "on any short pause and leadership would flap.",
-            hint=f"Use at least {MIN_LEASE_SECONDS:g} seconds (default 10).",
-            id="djcelery_ops.W102",
-        )
-    ]
-
-
-_discovering_tasks = False
-
-
-def _known_task_names() -> set[str] | None:
-    """The project's task names; ``None`` when they cannot be known here: without the
-    project's Celery app (E007), or when Celery's Django fixup runs the checks from inside
-    the task discovery this starts (it does, before importing task modules)."""
-    global _discovering_tasks
-    from celery import current_app
-
-    from djcelery_ops.deadletter.outbox import celery_app_problem
-    from djcelery_ops.schedules.sync import known_task_names
-
-    if _discovering_tasks or celery_app_problem(current_app) is not None:
-        return None
-    _discovering_tasks = True
-    try:
-        return known_task_names()
-    finally:
-        _discovering_tasks = False
-
-
-@checks.register(checks.Tags.compatibility)
-def check_schedule_declarations(
-    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
-) -> Messages:
-    """Every problem of every declaration, task names included once the project's Celery
-    app is loaded (without it, E007, only Celery's own tasks would be known)."""
-    from djcelery_ops.schedules.declarations import load_and_check_schedules
-
-    if not has_setting_type("SCHEDULES", ops_settings.SCHEDULES):
-        return []  # E002
-    _valid, errors = load_and_check_schedules(known_tasks=_known_task_names())
-    return [
-        checks.Error(
-            error,
-            hint=f"Fix {PREFIX}SCHEDULES; sync_celery_schedules writes nothing until then.",
-            id="djcelery_ops.E101",
-        )
-        for error in errors
-    ]
-
-
 # E008, W004 to W007: imported to register them, and re-exported like the checks above.
 from djcelery_ops.checks.celery_config import (  # noqa: E402
     check_acks_late_with_reject_on_worker_lost as check_acks_late_with_reject_on_worker_lost,
@@ -479,3 +387,14 @@ from djcelery_ops.checks.celery_config import (  # noqa: E402
     check_result_backend_expires as check_result_backend_expires,
 )
 from djcelery_ops.checks.celery_config import check_use_tz as check_use_tz  # noqa: E402
+
+# W101, W102, E101: imported to register them, and re-exported.
+from djcelery_ops.checks.schedules import (  # noqa: E402
+    check_beat_scheduler as check_beat_scheduler,
+)
+from djcelery_ops.checks.schedules import (  # noqa: E402
+    check_lease_seconds as check_lease_seconds,
+)
+from djcelery_ops.checks.schedules import (  # noqa: E402
+    check_schedule_declarations as check_schedule_declarations,
+)

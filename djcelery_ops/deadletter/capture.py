@@ -13,11 +13,11 @@ from django.db import (
     DataError,
     IntegrityError,
     InterfaceError,
-    close_old_connections,
     connection,
 )
 
 from djcelery_ops.conf import ops_settings
+from djcelery_ops.connections import close_unusable_connection
 from djcelery_ops.deadletter.record import FailureRecord
 from djcelery_ops.deadletter.spool import (
     has_spooled_records,
@@ -25,7 +25,7 @@ from djcelery_ops.deadletter.spool import (
     quarantine,
     write_to_spool,
 )
-from djcelery_ops.deadletter.store import ORIGINAL_PAYLOAD_KEY, store_record
+from djcelery_ops.deadletter.store import ORIGINAL_PAYLOAD_KEY, write_record
 from djcelery_ops.logs import log_event
 from djcelery_ops.signals import dead_lettered
 
@@ -95,18 +95,21 @@ def _store_with_one_reconnect(record: FailureRecord) -> None:
     """A connection can be stale (server restarted, inherited across a fork): retry once.
 
     Inside a transaction (an eager call, a test) the connection is the caller's: leave it.
+    Not ``close_old_connections``: with Django's default ``CONN_MAX_AGE = 0`` it closes a
+    healthy connection every time, a new connection per dead letter even where
+    ``CELERY_DB_REUSE_MAX`` keeps the worker's.
     """
     if not connection.in_atomic_block:
-        close_old_connections()
+        close_unusable_connection()
     try:
-        store_record(record)
+        write_record(record)
     except _REFUSED:
         raise  # the data, not the connection: a reconnect would not help
     except (DatabaseError, InterfaceError):
         if connection.in_atomic_block:
             raise
         _drop_broken_connection()
-        store_record(record)
+        write_record(record)
 
 
 def drain_spool_quietly() -> None:

@@ -62,12 +62,19 @@ def _lineage_of(dead_letter_id: int) -> list[int]:
     return ids
 
 
+def is_replay(headers: Mapping[str, Any] | None) -> bool:
+    """Whether a message's headers say it was published by a replay."""
+    if not headers:
+        return False
+    return headers.get(REPLAY_HEADER) is not None
+
+
 def failed_replay(task_id: str, headers: Mapping[str, Any] | None) -> Replay | None:
     """The replay a final failure comes from (marked failed), or None for a first failure.
 
-    Called by ``store_record`` in the same transaction that writes the new dead letter.
+    Called by ``write_record`` in the same transaction that writes the new dead letter.
     """
-    if not headers or headers.get(REPLAY_HEADER) is None:
+    if not is_replay(headers):
         return None
     replay = Replay.objects.filter(new_task_id=task_id).first()
     if replay is not None:

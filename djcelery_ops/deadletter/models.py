@@ -254,3 +254,64 @@ class Discard(OperatorAction):
 
     def __str__(self) -> str:
         return f"discard of {self.dead_letter_id} by {self.by}"
+
+
+class BulkAction(OperatorAction):
+    """A replay or discard of many dead letters handed to a worker, and its progress.
+
+    The admin hands over a whole failure group above ``DEAD_LETTER_BACKGROUND_ABOVE``
+    rows; ``deadletter.bulk`` runs it in slices and writes the figures after each batch,
+    in the batch's own transaction, so they are exact after a crash too.
+    """
+
+    class Action(models.TextChoices):
+        REPLAY = "replay", _("replay")
+        DISCARD = "discard", _("discard")
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", _("queued")
+        RUNNING = "running", _("running")
+        DONE = "done", _("done")
+        CANCELLED = "cancelled", _("cancelled")
+        FAILED = "failed", _("failed")
+
+    action = models.CharField(_("action"), max_length=16, choices=Action.choices)
+    selection = models.JSONField(
+        _("selection"), default=dict, help_text=_("Which pending dead letters: the filters.")
+    )
+    status = models.CharField(
+        _("status"), max_length=16, choices=Status.choices, default=Status.QUEUED
+    )
+    total = models.PositiveBigIntegerField(
+        _("total"), null=True, blank=True, help_text=_("Rows matching when it started.")
+    )
+    done = models.PositiveBigIntegerField(_("done"), default=0)
+    skipped = models.PositiveBigIntegerField(_("skipped"), default=0)
+    skipped_reasons = models.JSONField(_("skipped, by reason"), default=dict, blank=True)
+    batches = models.PositiveIntegerField(_("batches"), default=0)
+    # The keyset position: the highest dead-letter id already read (a slice resumes after it).
+    last_id = models.BigIntegerField(_("last id read"), default=0)
+    cancel_requested = models.BooleanField(_("cancel requested"), default=False)
+    # The message allowed to run it now; another one (a stale redelivery) steps aside.
+    task_id = models.CharField(_("task id"), max_length=255, blank=True)
+    error = models.TextField(_("last error"), blank=True)
+    created_at = models.DateTimeField(_("requested at"), default=timezone.now)
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    updated_at = models.DateTimeField(_("last progress"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("bulk dead-letter action")
+        verbose_name_plural = _("bulk dead-letter actions")
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.action} of {self.describe_selection()} ({self.status})"
+
+    def describe_selection(self) -> str:
+        parts = [f"{key} {value}" for key, value in sorted(self.selection.items())]
+        return ", ".join(parts) or "every pending dead letter"
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (self.Status.DONE, self.Status.CANCELLED, self.Status.FAILED)

@@ -23,6 +23,7 @@ import datetime
 import importlib
 import logging
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from celery import current_app
@@ -58,6 +59,14 @@ class ReplayError(Exception):
         self.published = published  # confirmed by the broker
         self.unconfirmed = unconfirmed  # in flight when it failed, or never sent
         self.outcome: Any = None  # set by ``replay()``: what the whole call had done
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled by Celery (a retry's or a result's exception): rebuilt with its keywords.
+        return _replay_error, (str(self), self.published, self.unconfirmed)
+
+
+def _replay_error(message: str, published: int, unconfirmed: int) -> ReplayError:
+    return ReplayError(message, published=published, unconfirmed=unconfirmed)
 
 
 def celery_app() -> Celery:
@@ -201,6 +210,26 @@ def _send(app: Celery, replay: AnyReplay, producer: Any) -> None:
     )
 
 
+@contextmanager
+def confirming_producer(app: Celery) -> Iterator[Any]:
+    """A producer whose ``publish`` returns only once the broker has the message.
+
+    Redis answers every LPUSH, so a publish that returned is stored. AMQP does not answer
+    ``basic.publish`` unless publisher confirms are on: a publish returns as soon as its
+    bytes are written, and a connection cut just after loses messages already counted as
+    sent (and marked published, never sent again). Over AMQP the replays get a connection
+    of their own with confirms (``confirm_publish``), unless the app has them already.
+    """
+    confirmed = app.conf.broker_transport_options.get("confirm_publish")
+    options = {"confirm_publish": True}
+    with app.connection_for_write(transport_options=options) as own:  # connects on use
+        if own.transport.driver_type == "amqp" and not confirmed:
+            yield app.amqp.Producer(own)
+            return
+    with app.producer_or_acquire() as producer:
+        yield producer
+
+
 def publish_replays(replays: Iterable[AnyReplay], app: Celery | None = None) -> int:
     """Send each replay's message with its task id, then mark the sent ones published.
 
@@ -214,7 +243,7 @@ def publish_replays(replays: Iterable[AnyReplay], app: Celery | None = None) -> 
         raise ReplayError(str(exc), published=0, unconfirmed=len(rows)) from exc
     sent: list[str] = []
     try:
-        with app.producer_or_acquire() as producer:
+        with confirming_producer(app) as producer:
             for replay in rows:
                 _send(app, replay, producer)
                 sent.append(replay.new_task_id)
@@ -255,24 +284,31 @@ def _mark_published(task_ids: list[str]) -> None:
         logger.warning("%d replays published but not marked (%s)", len(task_ids), error)
 
 
-def interrupted_replays(older_than: float | None = None) -> QuerySet[Replay]:
+def interrupted_replays(
+    older_than: float | None = None, *, run_id: str | None = None
+) -> QuerySet[Replay]:
     """Replays committed but not confirmed published, for ``older_than`` seconds at least
     (default ``DJCELERY_OPS_DEAD_LETTER_REPLAY_RECOVER_AFTER``): a younger one may still be
-    on its way out of another process."""
+    on its way out of another process. ``run_id``: only those of that run."""
     seconds = ops_settings.DEAD_LETTER_REPLAY_RECOVER_AFTER if older_than is None else older_than
     cutoff = timezone.now() - datetime.timedelta(seconds=float(seconds))
-    return Replay.objects.filter(
+    rows = Replay.objects.filter(
         outcome=Replay.Outcome.PENDING, published_at__isnull=True, created_at__lte=cutoff
     )
+    return rows if run_id is None else rows.filter(run_id=run_id)
 
 
 def recover_replays(
-    *, older_than: float | None = None, batch_size: int | None = None, app: Celery | None = None
+    *,
+    older_than: float | None = None,
+    batch_size: int | None = None,
+    app: Celery | None = None,
+    run_id: str | None = None,
 ) -> int:
     """Publish interrupted replays again with their own task ids; returns how many."""
     size = batch_size or ops_settings.DEAD_LETTER_REPLAY_BATCH_SIZE
     recovered = 0
-    for batch in _batches(interrupted_replays(older_than), size):
+    for batch in _batches(interrupted_replays(older_than, run_id=run_id), size):
         recovered += publish_replays(batch, app)
     return recovered
 

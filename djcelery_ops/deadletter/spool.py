@@ -2,8 +2,9 @@
 
 Each record is one JSON file, written to a temporary name, fsynced and renamed, so a crash
 leaves either a whole record or none. Ingestion stores a record, then deletes its file: a
-crash in between stores it again, which only counts one more occurrence. A file the
-database refuses is quarantined, never retried in front of the healthy ones.
+crash in between stores it again, which the store knows for the same failure (no second
+occurrence). A file the database refuses is quarantined, never retried in front of the
+healthy ones.
 
 With ``DJCELERY_OPS_ENCRYPTION_KEYS`` set, a file holds the whole record sealed
 (``{"__djcelery_ops_sealed__": "<token>"}``): a payload is no more in clear on the worker's
@@ -129,7 +130,7 @@ def _ingest_file(path: Path) -> int:
     command), and without the claim each of them stored the same file. The kernel drops
     the lock of a process that dies, so a crash leaves the file to the next ingestion.
     """
-    from djcelery_ops.deadletter.store import store_record
+    from djcelery_ops.deadletter.store import write_record
 
     try:
         handle = path.open("rb")
@@ -142,7 +143,7 @@ def _ingest_file(path: Path) -> int:
             record = record_from_spool_text(handle.read().decode("utf-8"))
         except (OSError, ValueError, TypeError, PayloadKeyError) as error:
             raise _Unreadable from error
-        store_record(record)
+        write_record(record)
         path.unlink(missing_ok=True)
     return 1
 

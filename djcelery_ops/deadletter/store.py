@@ -14,11 +14,12 @@ import json
 import re
 from typing import Any
 
-from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db import connection, transaction
+from django.utils import timezone
 
 from djcelery_ops.conf import ops_settings
 from djcelery_ops.crypto import seal, seal_text
+from djcelery_ops.db import Sql, column, proposed, upsert
 from djcelery_ops.deadletter.call import BLOCKED_TRUNCATED, encode_call
 from djcelery_ops.deadletter.models import DeadLetter
 from djcelery_ops.deadletter.record import WORKFLOW_KEY, FailureRecord
@@ -134,12 +135,84 @@ def call_fields(record: FailureRecord) -> dict[str, Any]:
 
 
 def store_record(record: FailureRecord) -> DeadLetter:
-    """Insert the dead letter, or count one more occurrence of the same task id."""
-    from djcelery_ops.deadletter.lineage import failed_replay
+    """``write_record``, then the row written (for callers that want the model)."""
+    return DeadLetter.objects.get(pk=write_record(record))
+
+
+def write_record(record: FailureRecord) -> int:
+    """Insert the dead letter, or count one more occurrence of the same task id; its id.
+
+    One ``INSERT ... ON CONFLICT (task_id) DO UPDATE`` statement: a first failure and a
+    repeated one (a redelivered message failing again) cost the same single round trip,
+    and two processes storing the same task id at once cannot both insert. A repeat keeps
+    the first payload and status, and takes the latest failure's details.
+
+    Writing the same record again is not a new occurrence: a commit whose answer was lost
+    (the connection cut just after it) is retried or spooled and ingested later, and must
+    not count the failure twice. A record is the same when its failure time and worker
+    are the stored latest ones (a redelivered message fails at another time).
+    """
+    from djcelery_ops.deadletter.lineage import failed_replay, is_replay
 
     record, args, kwargs, truncated = storable_record(record)
-    failed_at = record.failed_at_datetime
-    latest = {
+    first, latest = _first_fields(record, args, kwargs, truncated), _latest_fields(record)
+
+    def write(replay_of: int | None) -> int:
+        latest["replay_of_id"] = replay_of
+        written = upsert(
+            DeadLetter,
+            conflict="task_id",
+            values={**first, **latest},
+            update={
+                **{name: Sql(proposed(name)) for name in latest},
+                "occurrences": _one_more_occurrence(),
+            },
+        )
+        assert written is not None  # no WHERE on the update: a row is always written
+        return int(written)
+
+    headers = record.options.get("headers")
+    if not is_replay(headers) and not connection.in_atomic_block:
+        return write(None)  # the statement is its own transaction
+    # A savepoint inside a caller's transaction: a refused row does not break it.
+    with transaction.atomic():
+        # A replayed task failing for good links its new dead letter to the replay.
+        replay = failed_replay(record.task_id, headers)
+        return write(None if replay is None else replay.pk)
+
+
+def _one_more_occurrence() -> Sql:
+    """One more occurrence, unless the proposed row is the stored latest failure again."""
+    same = " AND ".join(
+        f"{column(name)} = {proposed(name)}" for name in ("last_failed_at", "worker_hostname")
+    )
+    return Sql(f"{column('occurrences')} + CASE WHEN {same} THEN 0 ELSE 1 END")
+
+
+def _first_fields(record: FailureRecord, args: Any, kwargs: Any, truncated: bool) -> dict[str, Any]:
+    """The columns a first failure writes and a repeat keeps: the call, where it ran."""
+    return {
+        "task_id": record.task_id[:255],
+        "task_name": record.task_name[:255],
+        # Sealed when DJCELERY_OPS_ENCRYPTION_KEYS is set (deadletter.sealed).
+        "args": seal(args),
+        "kwargs": seal(kwargs),
+        "payload_truncated": truncated,
+        **call_fields(record),
+        "options": seal_options(record.options),
+        "queue": record.queue[:255],
+        "periodic_task_name": record.periodic_task_name[:255],
+        "root_id": record.root_id[:255],
+        "parent_id": record.parent_id[:255],
+        "first_failed_at": record.failed_at_datetime,
+        "occurrences": 1,
+        "status": DeadLetter.Status.PENDING,
+    }
+
+
+def _latest_fields(record: FailureRecord) -> dict[str, Any]:
+    """The columns every failure of the task id writes: how it failed, the latest time."""
+    return {
         "reason": record.reason,
         "exception_class": record.exception_class[:255],
         "exception_message": record.exception_message,
@@ -147,33 +220,6 @@ def store_record(record: FailureRecord) -> DeadLetter:
         "retries": record.retries,
         "worker_hostname": record.worker_hostname[:255],
         "fingerprint": fingerprint(record),
-        "last_failed_at": failed_at,
+        "last_failed_at": record.failed_at_datetime,
+        "updated_at": timezone.now(),
     }
-    for _attempt in range(2):
-        with transaction.atomic():
-            # A replayed task failing for good links its new dead letter to the replay.
-            latest["replay_of"] = failed_replay(record.task_id, record.options.get("headers"))
-            rows = DeadLetter.objects.filter(task_id=record.task_id)
-            if rows.update(occurrences=F("occurrences") + 1, **latest):
-                return rows.get()
-            try:
-                with transaction.atomic():
-                    return DeadLetter.objects.create(
-                        task_id=record.task_id[:255],
-                        task_name=record.task_name[:255],
-                        # Sealed when DJCELERY_OPS_ENCRYPTION_KEYS is set (deadletter.sealed).
-                        args=seal(args),
-                        kwargs=seal(kwargs),
-                        payload_truncated=truncated,
-                        **call_fields(record),
-                        options=seal_options(record.options),
-                        queue=record.queue[:255],
-                        periodic_task_name=record.periodic_task_name[:255],
-                        root_id=record.root_id[:255],
-                        parent_id=record.parent_id[:255],
-                        first_failed_at=failed_at,
-                        **latest,
-                    )
-            except IntegrityError:
-                continue  # another process inserted it first: count ours as an occurrence
-    raise IntegrityError(f"could not insert nor update the dead letter of {record.task_id}")

@@ -126,23 +126,27 @@ def _duplicate(task: Any, claim: Claim) -> Any:
 
 
 def _wait_for_holder(task: Any, existing: IdempotencyKey) -> Any:
-    """The key is held by a live lease: come back when it ends, within a bound of its own.
+    """The key is held by a live lease: look again soon, then less often, within a bound.
 
-    Waiting is not failing: the task is re-sent with its retry count unchanged (Celery's
-    ``retry`` would spend ``max_retries``), and the time it has waited travels in a
-    header. Past ``DJCELERY_OPS_IDEMPOTENCY_MAX_WAIT_SECONDS`` it fails with
+    Most holders end long before their lease (a duplicate delivered while the first copy
+    runs), so the first look comes after a second and each wait is as long as the time
+    waited so far (1, 1, 2, 4, 8 s...), never past the lease's end: a holder's end is
+    seen within about its run time again, a dead holder's lease after about log2(lease)
+    looks. Waiting is not failing: the task is re-sent with its retry count unchanged
+    (Celery's ``retry`` would spend ``max_retries``), and the time it has waited travels
+    in a header. Past ``DJCELERY_OPS_IDEMPOTENCY_MAX_WAIT_SECONDS`` it fails with
     ``IdempotencyKeyBusy``, dead-lettered with reason ``idempotency_key_busy``.
     """
+    now = timezone.now()
+    since = now if task.request.is_eager else _waiting_since(task.request)
+    waited = (now - since).total_seconds()
     expires = existing.lease_expires_at
-    remaining = (expires - timezone.now()).total_seconds() if expires else 1.0
-    countdown = min(max(remaining + 0.5, 1.0), lease_seconds(task))
+    remaining = (expires - now).total_seconds() if expires else 1.0
+    countdown = max(min(remaining + 0.5, waited, lease_seconds(task)), 1.0)
     busy = IdempotencyKeyBusy(existing.key, existing.owner_task_id, countdown)
     if task.request.is_eager:
         raise busy
-    since = _waiting_since(task.request)
-    left = (
-        float(ops_settings.IDEMPOTENCY_MAX_WAIT_SECONDS) - (timezone.now() - since).total_seconds()
-    )
+    left = float(ops_settings.IDEMPOTENCY_MAX_WAIT_SECONDS) - waited
     fields = {
         "task_id": task.request.id,
         "task_name": task.name,

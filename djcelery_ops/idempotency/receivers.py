@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import signals
+from celery import current_app, signals
 from django.db import DatabaseError, InterfaceError
 
 from djcelery_ops.idempotency.models import EnqueueLock
@@ -66,4 +66,12 @@ def release_rejected(sender: Any = None, message: Any = None, **kwargs: Any) -> 
 
 
 def release_dead_lettered(sender: Any = None, record: Any = None, **kwargs: Any) -> None:
-    release_lock_of(getattr(record, "task_id", None))
+    if may_hold_enqueue_lock(getattr(record, "task_name", "")):
+        release_lock_of(getattr(record, "task_id", None))
+
+
+def may_hold_enqueue_lock(task_name: str) -> bool:
+    """Only a task with ``unique_for`` publishes under an enqueue lock: a failing task of
+    any other kind costs no ``DELETE``. A name this process does not know may have."""
+    task = current_app.tasks.get(task_name)
+    return task is None or getattr(task, "unique_for", None) is not None

@@ -8,7 +8,7 @@ With 10,000 periodic tasks most of a stock tick was not the dispatch but bookkee
   comparison is skipped.
 - django-celery-beat calls ``close_old_connections`` on every tick, which with Django's
   default ``CONN_MAX_AGE = 0`` opens a new database connection each time. The connection
-  is kept instead while it works (``db.close_broken_connections``).
+  is kept instead while it works (``connections.close_broken_connections``).
 - Each tick asks the database whether the schedule changed. During a burst of due
   entries (one dispatch per tick, ``in_burst``) it asks once a second only.
 
@@ -22,7 +22,7 @@ from typing import Any
 
 from django_celery_beat.schedulers import DatabaseScheduler
 
-from djcelery_ops.db import close_broken_connections
+from djcelery_ops.connections import close_broken_connections
 
 # How long a burst of dispatches may go without looking for schedule changes.
 CHANGES_CHECK_SECONDS = 1.0

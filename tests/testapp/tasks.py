@@ -7,6 +7,7 @@ from pathlib import Path
 
 from celery import shared_task
 from celery.exceptions import Reject
+from django.db import DatabaseError
 
 from djcelery_ops import PermanentError, TransientError, ops_task
 from djcelery_ops.idempotency.execution import current_idempotency_key
@@ -20,6 +21,16 @@ from .models import Effect, ScheduleSlotRun
 def record_effect(self, key: str) -> int:
     effect = Effect.objects.create(key=key, task_id=self.request.id, worker_pid=os.getpid())
     return effect.pk
+
+
+@shared_task
+def record_effect_or_give_up(key: str) -> str:
+    """A task that handles a database error itself: it ends well, nothing is captured."""
+    try:
+        Effect.objects.create(key=key)
+    except DatabaseError:
+        return "gave up"
+    return "recorded"
 
 
 # --- OpsTask tasks: one per way a task can fail for good -------------------------------------

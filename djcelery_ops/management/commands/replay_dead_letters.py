@@ -295,7 +295,6 @@ class _Run:
         self.reason, self.size, self.rate, self.timeout = reason, size, rate, timeout
         self.total = Outcome(run_id=uuid.uuid4().hex, keep_ids=False)
         self.queue: str | None = None
-        self.started = time.monotonic()
 
     def go(self, canary: int | None, max_failure_rate: float | None) -> None:
         if canary:
@@ -312,6 +311,7 @@ class _Run:
                 self._check_failure_rate(max_failure_rate)
 
     def _batch(self, ids: list[int]) -> Outcome:
+        started = time.monotonic()
         part = replay(
             ids,
             by=self.by,
@@ -324,13 +324,15 @@ class _Run:
         skipped = sum(self.total.skipped.values())
         published = self.total.published
         self.command.stdout.write(f"Replayed {published}/{self.matched} (skipped {skipped})")
-        self._throttle()
+        self._throttle(part.done, started)
         return part
 
-    def _throttle(self) -> None:
+    def _throttle(self, done: int, started: float) -> None:
+        """Each batch takes at least ``done / rate`` seconds: paced batch by batch, so a
+        slow batch (a database wait) gives no credit for a burst after it."""
         if self.rate is None:
             return
-        ahead = self.total.done / self.rate - (time.monotonic() - self.started)
+        ahead = done / self.rate - (time.monotonic() - started)
         if ahead > 0:
             time.sleep(ahead)
 
