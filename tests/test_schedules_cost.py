@@ -13,7 +13,12 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from djcelery_ops.schedules.fencing import DeadlineProducer, PublishDeadlineExceeded, Publisher
+from djcelery_ops.schedules.fencing import (
+    DeadlineProducer,
+    PublishDeadlineExceeded,
+    Publisher,
+    PublishNotStarted,
+)
 from djcelery_ops.schedules.scheduler import LockedDatabaseScheduler, slot_task_id
 from djcelery_ops.schedules.slots import schedule_slot
 from tests.celery_app import app as celery_app
@@ -160,3 +165,63 @@ def test_publisher__a_publish_past_its_deadline_gives_up_and_the_next_gets_a_new
         fresh.close()
     finally:
         release.set()
+
+
+def test_publisher__a_publish_given_up_before_it_began_is_never_sent():
+    """A publish still queued when its deadline passes is taken back: nothing reaches the
+    broker later, and the caller is told so (a late copy is possible only once begun)."""
+    release = threading.Event()
+    called: list[str] = []
+
+    class Producer:
+        def publish(self, body, **kwargs):
+            called.append(body)
+            if body == "hangs":
+                release.wait(30)
+            return body
+
+    publisher = Publisher()
+    try:
+        busy = threading.Thread(
+            target=DeadlineProducer(Producer(), time.monotonic() + 30, publisher).publish,
+            args=("hangs",),
+        )
+        busy.start()
+        wait_until(lambda: called == ["hangs"], what="the publisher thread to be busy")
+        queued = DeadlineProducer(Producer(), time.monotonic() + 0.2, publisher)
+        with pytest.raises(PublishNotStarted):
+            queued.publish("queued")
+        assert queued.overdue and queued.sent_nothing
+        assert not publisher.stuck  # the thread is busy with another caller's publish
+    finally:
+        release.set()
+    busy.join(10)
+    after = DeadlineProducer(Producer(), time.monotonic() + 30, publisher).publish("after")
+    assert after == "after"
+    assert called == ["hangs", "after"]  # the one taken back never ran
+    publisher.close()
+
+
+def test_apply_entry__the_lease_runs_out_before_the_publish__the_slot_is_logged_as_not_sent(
+    settings, celery_queue, caplog
+):
+    _hourly_tasks(celery_queue, ["late"], due=True)
+    before = PeriodicTask.objects.get(name="late").last_run_at
+    scheduler = LockedDatabaseScheduler(app=celery_app, lazy=True)
+    try:
+        assert scheduler.hold_lease()
+        entry = scheduler.schedule["late"]
+        key = f"late@{schedule_slot(entry).isoformat()}"
+        settings.DJCELERY_OPS_BEAT_LEASE_SECONDS = 0  # the renewal before the publish: no time left
+        with caplog.at_level("INFO", logger="djcelery_ops.schedules.scheduler"):
+            scheduler.apply_entry(scheduler.reserve(entry))
+    finally:
+        settings.DJCELERY_OPS_BEAT_LEASE_SECONDS = 30
+        scheduler.close()
+
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"slot {key} (term" in "\n".join(messages)  # "sending ..."
+    assert f"beat: slot {key} was not sent" in "\n".join(messages)
+    assert not scheduler.is_leader
+    assert drain(celery_queue) == []
+    assert PeriodicTask.objects.get(name="late").last_run_at == before  # the next leader sends it

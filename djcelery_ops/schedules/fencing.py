@@ -30,7 +30,12 @@ MAX_PENDING_RUNS = 500
 
 
 class PublishDeadlineExceeded(TimeoutError):
-    """The broker did not take the message within the lease left."""
+    """The broker did not take the message within the lease left; begun, the publish may
+    still reach the broker later."""
+
+
+class PublishNotStarted(PublishDeadlineExceeded):
+    """The lease ran out before the publish began: nothing was sent, nor will be."""
 
 
 class Publisher:
@@ -49,10 +54,11 @@ class Publisher:
 
     def run(self, call: Callable[[], Any], deadline: float) -> Any:
         """``call()`` in the publisher's thread; ``PublishDeadlineExceeded`` if it has not
-        returned by ``deadline`` (monotonic seconds)."""
+        returned by ``deadline`` (monotonic seconds), ``PublishNotStarted`` if it had not
+        even begun (then it never will)."""
         left = deadline - time.monotonic()
         if left <= 0:
-            raise PublishDeadlineExceeded("the lease ran out before the publish")
+            raise PublishNotStarted("the lease ran out before the publish")
         if self._thread is None:
             self._thread = threading.Thread(
                 target=self._serve, name="djcelery-ops-beat-publish", daemon=True
@@ -61,9 +67,14 @@ class Publisher:
         job = _Job(call)
         self._jobs.put(job)
         if not job.done.wait(left):
-            self.stuck = True
-            self._jobs.put(None)  # the thread ends once the stuck publish returns
-            raise PublishDeadlineExceeded(f"the broker did not take the message in {left:.1f} s")
+            if job.cancel():
+                raise PublishNotStarted(f"the publish had not begun after {left:.1f} s")
+            if not job.done.is_set():
+                self.stuck = True
+                self._jobs.put(None)  # the thread ends once the stuck publish returns
+                raise PublishDeadlineExceeded(
+                    f"the broker did not take the message in {left:.1f} s"
+                )
         if job.error is not None:
             raise job.error
         return job.result
@@ -84,8 +95,21 @@ class _Job:
         self.done = threading.Event()
         self.result: Any = None
         self.error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._state = "queued"  # then "started" or "cancelled", never both
+
+    def cancel(self) -> bool:
+        """Take the job back if the thread has not begun it; True when taken back."""
+        with self._lock:
+            if self._state == "queued":
+                self._state = "cancelled"
+            return self._state == "cancelled"
 
     def execute(self) -> None:
+        with self._lock:
+            if self._state == "cancelled":
+                return
+            self._state = "started"
         try:
             self.result = self.call()
         except BaseException as exc:  # handed to the waiting thread
@@ -97,16 +121,17 @@ class _Job:
 class DeadlineProducer:
     """A kombu producer whose ``publish`` gives up at ``deadline`` (monotonic seconds).
 
-    The publish runs in the ``Publisher``'s thread. A publish given up on may still reach
-    the broker later; the slot's task id and the execution-time slot claim make that copy
-    harmless.
+    The publish runs in the ``Publisher``'s thread. A publish given up on after it began
+    may still reach the broker later; the slot's task id and the execution-time slot claim
+    make that copy harmless. One given up on before it began is never sent.
     """
 
     def __init__(self, producer: Any, deadline: float, publisher: Publisher) -> None:
         self._producer = producer
         self._deadline = deadline
         self._publisher = publisher
-        self.overdue = False
+        self.overdue = False  # the deadline passed: the leader must step down
+        self.sent_nothing = False  # ...before the publish began: no late copy can come
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._producer, name)
@@ -116,8 +141,9 @@ class DeadlineProducer:
             return self._publisher.run(
                 lambda: self._producer.publish(*args, **kwargs), self._deadline
             )
-        except PublishDeadlineExceeded:
+        except PublishDeadlineExceeded as exc:
             self.overdue = True
+            self.sent_nothing = isinstance(exc, PublishNotStarted)
             raise
 
 

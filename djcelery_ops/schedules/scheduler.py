@@ -200,8 +200,10 @@ class LockedDatabaseScheduler(QuietDatabaseScheduler):
         try:
             self.apply_async(entry, producer=guarded, advance=False)
         except Exception:
-            logger.exception("beat: could not send %s", entry.name)
-            if guarded.overdue:
+            if not guarded.overdue:
+                logger.exception("beat: could not send %s", entry.name)
+            else:
+                self._log_overdue(entry, guarded.sent_nothing)
                 self._abandon_broker_connection()
                 if self._write_runs():  # the runs sent before this one, if still ours
                     self._step_down("the publish did not finish within the lease")
@@ -221,6 +223,21 @@ class LockedDatabaseScheduler(QuietDatabaseScheduler):
         headers = {**entry.options.get("headers", {}), SCHEDULE_SLOT_HEADER: key}
         entry.options = {**entry.options, "headers": headers, "task_id": slot_task_id(key)}
         return super().apply_async(entry, producer=producer, advance=advance, **kwargs)
+
+    def _log_overdue(self, entry: Any, sent_nothing: bool) -> None:
+        key = entry.options.get("headers", {}).get(SCHEDULE_SLOT_HEADER, entry.name)
+        if sent_nothing:
+            logger.warning(
+                "beat: slot %s was not sent: the lease ran out before its publish began;"
+                " whoever leads next sends the latest due slot",
+                key,
+            )
+        else:
+            logger.warning(
+                "beat: slot %s: the publish did not finish within the lease; the message"
+                " may still reach the broker, where its task id makes it run once",
+                key,
+            )
 
     def _abandon_broker_connection(self) -> None:
         # A publish may still hang on it: the next term publishes on a new connection.
