@@ -147,13 +147,20 @@ def test_postgres_restarted_while_tasks_fail__every_dead_letter_arrives_once(
 # --- Redis cut between the worker and the broker ----------------------------------------------
 
 
+# A message kombu's Redis transport popped with BRPOP and lost with the connection before
+# the worker read it is in no queue, no unacked hash and no worker (kombu records a message
+# as unacked only once the BRPOP reply has arrived: celery/kombu#1733, #1785). Once it has
+# been nowhere this long, it stays lost; the visibility timeout (10 s) restores any other.
+NOWHERE_FOR_SECONDS = 20
+
+
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    strict=False,
-    reason="intermittent, not diagnosed yet: in 1 run of 2, one task of 500 had not ended "
-    "180 s after the Redis cut (lost in kombu's BRPOP-to-unacked window, or not restored?)",
-)
-def test_redis_cut_mid_run__every_task_ends_once(start_worker, redis_proxy, capsys):
+def test_redis_cut_mid_run__every_task_ends_once_but_the_one_brpop_was_returning(
+    start_worker, redis_proxy, capsys
+):
+    """Every task ends once, except at most the one message the worker's BRPOP was
+    receiving when its connection was cut (a transport limit of Redis, said in the README;
+    seen in about 1 run in 3). Any other task left queued, unacked or in the worker fails."""
     count, outage = size("REDIS_TASKS", 500), size("REDIS_OUTAGE_SECONDS", 5)
     scenario = Scenario("redis_cut_mid_run", capsys)
     db = urllib.parse.urlsplit(app.conf.broker_url).path
@@ -173,18 +180,60 @@ def test_redis_cut_mid_run__every_task_ends_once(start_worker, redis_proxy, caps
     wait_until(lambda: time.monotonic() - cut_at >= outage, timeout=outage + 5)
     redis_proxy.start()
 
+    nowhere_since: dict[str, float] = {}
+
+    def settled() -> bool:
+        """Every task ended, or is nowhere and has been for NOWHERE_FOR_SECONDS."""
+        places, now = _where_are(ledger, worker), time.monotonic()
+        for key in set(nowhere_since) - set(places):
+            del nowhere_since[key]
+        for key, place in places.items():
+            if place.endswith("nowhere"):
+                nowhere_since.setdefault(key, now)
+            else:
+                nowhere_since.pop(key, None)
+        return all(now - nowhere_since.get(key, now) >= NOWHERE_FOR_SECONDS for key in places)
+
     try:
-        wait_until(lambda: ledger.ended() == count, timeout=180, what="every task to end")
+        wait_until(settled, timeout=180, interval=0.5, what="every task to end")
     except AssertionError:
-        raise AssertionError(f"{count - ledger.ended()} of {count} tasks never ended") from None
+        where = _where_are(ledger, worker)
+        raise AssertionError(
+            f"{len(where)} of {count} tasks never ended; where they are: {where}"
+        ) from None
+    in_brpop = set(_where_are(ledger, worker))
     worker.stop()
     dead_letters, lost, doubled = ledger.outcome()
     scenario.report(
-        tasks=count, dead_letters=dead_letters, lost=lost,
-        doubled=doubled + queue_depth(worker.queue), in_flight_at_cut=count - ended_at_cut,
-        outage_s=outage,
+        tasks=count, dead_letters=dead_letters, lost=lost - len(in_brpop),
+        doubled=doubled + queue_depth(worker.queue), lost_in_brpop=len(in_brpop),
+        in_flight_at_cut=count - ended_at_cut, outage_s=outage,
     )  # fmt: skip
-    assert dead_letters == count // 2
+    # One consumer connection cut once: one BRPOP reply at most.
+    assert len(in_brpop) <= 1, in_brpop
+    assert dead_letters == count // 2 - len(in_brpop & ledger.failing)
+
+
+def _where_are(ledger: Ledger, worker) -> dict[str, str]:
+    """For each task that has not ended: still queued, in Redis' unacked hash (restored
+    after the visibility timeout), received by the worker but not ended, or nowhere (popped
+    by BRPOP and lost with the connection before kombu recorded it as unacked)."""
+    ended = set(ledger.effects()) | set(ledger.letters())
+    missing = {key: task_id for key, task_id in ledger.ids.items() if key not in ended}
+    with app.connection_for_write() as conn:
+        client = conn.default_channel.client
+        queued = b"".join(client.lrange(worker.queue, 0, -1))
+        unacked = b"".join(client.hvals("unacked"))
+    log = worker.log()
+
+    def place(task_id: str) -> str:
+        if task_id.encode() in queued:
+            return "queued"
+        if task_id.encode() in unacked:
+            return "unacked"
+        return "received, not ended" if f"[{task_id}] received" in log else "nowhere"
+
+    return {key: f"{task_id}: {place(task_id)}" for key, task_id in missing.items()}
 
 
 # --- NUL, lone surrogates, 50 MB ---------------------------------------------------------------
