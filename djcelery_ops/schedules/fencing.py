@@ -130,8 +130,17 @@ class DeadlineProducer:
         self._producer = producer
         self._deadline = deadline
         self._publisher = publisher
-        self.overdue = False  # the deadline passed: the leader must step down
-        self.sent_nothing = False  # ...before the publish began: no late copy can come
+        self.gave_up: PublishDeadlineExceeded | None = None
+
+    @property
+    def overdue(self) -> bool:
+        """The deadline passed: the leader must step down."""
+        return self.gave_up is not None
+
+    @property
+    def sent_nothing(self) -> bool:
+        """...before the publish began: no late copy can come."""
+        return isinstance(self.gave_up, PublishNotStarted)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._producer, name)
@@ -142,8 +151,7 @@ class DeadlineProducer:
                 lambda: self._producer.publish(*args, **kwargs), self._deadline
             )
         except PublishDeadlineExceeded as exc:
-            self.overdue = True
-            self.sent_nothing = isinstance(exc, PublishNotStarted)
+            self.gave_up = exc
             raise
 
 
