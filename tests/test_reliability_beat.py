@@ -32,6 +32,7 @@ from djcelery_ops.schedules.scheduler import slot_task_id
 from tests.beat import BeatProcess, StallingProxy
 from tests.celery_app import app as celery_app
 from tests.proxy import TcpProxy
+from tests.test_reliability_capture import redis_unacked
 from tests.testapp.models import ScheduleSlotRun
 from tests.utils import wait_until
 
@@ -155,11 +156,8 @@ def _drain(celery_queue: str) -> None:
         client = conn.default_channel.client
 
         def unacked_here() -> list[tuple[str, str]]:
-            # The "unacked" hash is shared by every queue of the Redis database: only this
-            # test's messages (earlier tests may leave entries for their own queues). Task
-            # id and ETA of each: a message held for a later retry says so.
-            marker = celery_queue.encode()
-            held = [json.loads(raw)[0] for raw in client.hvals("unacked") if marker in raw]
+            # Task id and ETA of each: a message held for a later retry says so.
+            held = [json.loads(raw)[0] for raw in redis_unacked(celery_queue)]
             return [(m["headers"].get("id"), m["headers"].get("eta")) for m in held]
 
         def left() -> dict[str, object]:

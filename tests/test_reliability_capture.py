@@ -51,6 +51,15 @@ def queue_depth(queue: str) -> int:
     return 0
 
 
+def redis_unacked(queue: str) -> list[bytes]:
+    """Redis only: the messages of ``queue`` a worker holds unacked (kombu's "unacked"
+    hash, shared by every queue of the database: earlier tests may leave their own)."""
+    with app.connection_for_write() as conn:
+        return [
+            raw for raw in conn.default_channel.client.hvals("unacked") if queue.encode() in raw
+        ]
+
+
 # --- Item 1: the database goes down at the final failure -------------------------------------
 
 

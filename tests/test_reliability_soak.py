@@ -28,7 +28,7 @@ from djcelery_ops.deadletter.spool import spooled_files
 from djcelery_ops.models import DeadLetter
 from tests.celery_app import app
 from tests.proxy import TcpProxy
-from tests.test_reliability_capture import Scenario, queue_depth
+from tests.test_reliability_capture import Scenario, queue_depth, redis_unacked
 from tests.testapp import tasks
 from tests.testapp.models import Effect
 from tests.utils import wait_until
@@ -221,9 +221,8 @@ def _where_are(ledger: Ledger, worker) -> dict[str, str]:
     ended = set(ledger.effects()) | set(ledger.letters())
     missing = {key: task_id for key, task_id in ledger.ids.items() if key not in ended}
     with app.connection_for_write() as conn:
-        client = conn.default_channel.client
-        queued = b"".join(client.lrange(worker.queue, 0, -1))
-        unacked = b"".join(client.hvals("unacked"))
+        queued = b"".join(conn.default_channel.client.lrange(worker.queue, 0, -1))
+    unacked = b"".join(redis_unacked(worker.queue))
     log = worker.log()
 
     def place(task_id: str) -> str:
@@ -349,10 +348,7 @@ def test_pool_child_killed_at_random_points__idempotent_effect_once(start_worker
 
 def _queue_settled(queue: str) -> bool:
     """Nothing of ``queue`` waits in Redis or is held unacked (reserved by a worker)."""
-    with app.connection_for_write() as conn:
-        client = conn.default_channel.client
-        held = any(queue.encode() in raw for raw in client.hvals("unacked"))
-        return client.llen(queue) == 0 and not held
+    return queue_depth(queue) == 0 and not redis_unacked(queue)
 
 
 # --- Soak ----------------------------------------------------------------------------------
